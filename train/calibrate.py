@@ -1,0 +1,194 @@
+"""python -m train.calibrate --model runs/smoke --data phantom:24 [--scale-mode image|fixed|compare]
+
+Calibrate Algorithm 1 for a trained checkpoint and write the result into its config.json (``"thresholds"``, read by
+``ichdemo.quantify.Thresholds.from_config`` and the app), with a ``"calibration"`` report beside it:
+
+- class thresholds: Youden's J per subtype on the validation patients (slice labels);
+- mask thresholds: joint grid search (25..200, step 25) maximising Dice on slices that have masks;
+- with ``--scale-mode fixed`` the per-class heatmap scale too (median peak on positive validation slices);
+  ``compare`` calibrates both scale modes and keeps the one with the higher Dice (both scores are recorded).
+
+Which patients: when ``--data`` is the data the model was trained on, the split saved with the checkpoint is used
+(``--class-part`` default val). Mask thresholds use the masked slices of ``--mask-part`` (default: val when it has
+masks, else the held-out test part, which the report then says). With other data, every patient is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichdemo.atomic import write_text
+from ichdemo.calibrate import PAPER_GRID, fit_fixed_scale, grid_search_mask_thresholds, youden_thresholds
+from ichdemo.constants import CLASSES
+from ichdemo.data.series import MASK_ANY, SliceStackDataset
+from ichdemo.data.sources import DataSource, open_source
+from ichdemo.data.splits import Split
+from ichdemo.errors import ConfigError, IchdemoError, UnsupportedInputError
+from ichdemo.models import load_pretrained
+from ichdemo.quantify import Thresholds
+from train.infer import Predictions, maps_to_input, predict
+
+
+def open_for_model(model_dir: Path, spec: str, config: dict) -> tuple[DataSource, Split | None]:
+    """Open ``spec`` with the training run's data options; the saved split when ``spec`` is the training data."""
+    train_cfg = (config.get("provenance") or {}).get("config") or {}
+    source = open_source(spec, window=train_cfg.get("window", "paper"),
+                         phantom_shape=train_cfg.get("phantom_shape", "16x128x128"),
+                         phantom_subtypes=train_cfg.get("phantom_subtypes", "mixed"), seed=train_cfg.get("seed", 0))
+    split = None
+    if (model_dir / "split.json").is_file():
+        saved = Split.load(model_dir)
+        if saved.source == spec:
+            split = saved
+    return source, split
+
+
+def part_dataset(source: DataSource, split: Split | None, part: str, size: int) -> SliceStackDataset:
+    """The slices of a split part ("train", "val", "test", "all"); every patient when there is no split."""
+    patients = source.patients if split is None or part == "all" else split.part(part)
+    if not patients:
+        raise UnsupportedInputError(f"the {part} part of {source.spec} has no patients")
+    return SliceStackDataset(source.select(patients), size)
+
+
+def class_thresholds(pred: Predictions) -> tuple[np.ndarray, dict]:
+    """Youden thresholds on the slice labels of ``pred``."""
+    return youden_thresholds(pred.labels, pred.probs)
+
+
+def mask_thresholds(
+    pred: Predictions, c: np.ndarray, size: int, thresholds: Thresholds, grid: tuple[int, ...]
+) -> tuple[np.ndarray, dict]:
+    """Joint grid search on the masked slices of ``pred`` (binary any-hemorrhage masks where subtypes are unknown)."""
+    masks = pred.masks
+    binary = bool(np.any(masks == MASK_ANY))
+    truth = (masks > 0) if binary else masks.clip(0, 5)
+    maps255 = maps_to_input(pred.raw, size, thresholds)
+    return grid_search_mask_thresholds(pred.probs, maps255, truth, c, grid=grid,
+                                       mask_kind="binary" if binary else "labels")
+
+
+def calibrate(
+    model_dir: str | Path,
+    spec: str,
+    class_part: str = "val",
+    mask_part: str = "auto",
+    scale_mode: str = "image",
+    grid: tuple[int, ...] = PAPER_GRID,
+    device: str = "cpu",
+    batch_size: int = 16,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Calibrate and (``write``) store the thresholds in ``model_dir``/config.json; returns the report."""
+    model_dir = Path(model_dir)
+    if scale_mode not in ("image", "fixed", "compare"):
+        raise ConfigError(f"--scale-mode must be image, fixed or compare, got {scale_mode!r}")
+    model, config = load_pretrained(model_dir, map_location=device)
+    size = int(config["input_size"][-1])
+    source, split = open_for_model(model_dir, spec, config)
+    cls_data = part_dataset(source, split, class_part, size)
+    cls_pred = predict(model, cls_data, maps=True, batch_size=batch_size, device=device)
+    c, youden = class_thresholds(cls_pred)
+    part, mask_pred = _mask_predictions(model, source, split, mask_part, class_part, cls_data, cls_pred, size,
+                                        batch_size, device)
+    candidates = []
+    for mode in (("image", "fixed") if scale_mode == "compare" else (scale_mode,)):
+        scale = None
+        if mode == "fixed":
+            scale, _ = fit_fixed_scale(cls_pred.raw, cls_pred.labels)
+        t = Thresholds(class_thresholds=tuple(c), scale_mode=mode, scale=None if scale is None else tuple(scale))
+        m, table = mask_thresholds(mask_pred, c, size, t, grid)
+        candidates.append((table["score"], t.replace(mask_thresholds=tuple(m)), table))
+    score, best, table = max(candidates, key=lambda x: x[0])
+    report = {
+        "data": spec, "class_part": class_part, "mask_part": part,
+        "mask_part_note": "mask thresholds tuned on the held-out test slices" if part == "test" else "",
+        "class_slices": len(cls_pred.items), "mask_slices": len(mask_pred.items),
+        "youden": youden, "grid_search": {k: v for k, v in table.items() if k not in ("curves", "class_dice")},
+        "curves": table["curves"], "class_dice": table["class_dice"],
+        "scale_modes": {t.scale_mode: s for s, t, _ in candidates}, "chosen_scale_mode": best.scale_mode,
+    }
+    if write:
+        config = json.loads((model_dir / "config.json").read_text())
+        config["thresholds"] = best.to_dict()
+        config["calibration"] = _jsonable(report)
+        write_text(model_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return {"thresholds": best.to_dict(), **report}
+
+
+def _mask_predictions(model, source, split, mask_part, class_part, cls_data, cls_pred, size, batch_size, device):
+    """(part name, predictions on the masked slices of that part)."""
+    parts = [mask_part] if mask_part != "auto" else ([class_part, "test"] if split is not None else ["all"])
+    for part in parts:
+        if part == class_part:
+            data, pred = cls_data, cls_pred
+            rows = [i for i, k in enumerate(pred.items) if k in set(data.mask_items())]
+            if rows:
+                return part, pred.subset(rows)
+            continue
+        try:
+            data = part_dataset(source, split, part, size)
+        except UnsupportedInputError:
+            continue
+        items = data.mask_items()
+        if items:
+            return part, predict(model, data, items, maps=True, batch_size=batch_size, device=device)
+    raise UnsupportedInputError(f"no slice with a mask in {' or '.join(parts)} of {source.spec}; "
+                                "mask thresholds need masked slices")
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _grid(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"grid must be comma-separated integers, got {text!r}") from err
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="checkpoint folder written by train.train")
+    p.add_argument("--data", required=True, help="data spec (ctich:/path, phantom:N[:SEED], rsna:/path, bhsd:/path)")
+    p.add_argument("--class-part", default="val", help="split part for class thresholds: val, test, train or all")
+    p.add_argument("--mask-part", default="auto", help="split part whose masked slices tune the mask thresholds "
+                   "(auto: val if it has masks, else test)")
+    p.add_argument("--scale-mode", default="image", help="heatmap scale: image (paper), fixed, or compare (keep the "
+                   "better)")
+    p.add_argument("--grid", type=_grid, default=PAPER_GRID, help="mask threshold grid (default 25,50,...,200)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    p.add_argument("--dry-run", action="store_true", help="print the result without writing config.json")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rep = calibrate(args.model, args.data, args.class_part, args.mask_part, args.scale_mode, args.grid,
+                        args.device, args.batch_size, write=not args.dry_run)
+    except IchdemoError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    t = rep["thresholds"]
+    print(json.dumps({"thresholds": t, "mask_part": rep["mask_part"], "dice": rep["grid_search"]["score"],
+                      "scale_modes": rep["scale_modes"]}, indent=2))
+    for c, ct, mt in zip(CLASSES, t["class_thresholds"], t["mask_thresholds"]):
+        print(f"{c}: class {ct:.3f} mask {mt:g}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
