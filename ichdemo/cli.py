@@ -63,7 +63,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         vol = load_volume(inp)
         analysis = analyze(lm, vol, batch_size=args.batch_size)
         target = out if len(args.inputs) == 1 else out / name
-        paths = write_outputs(analysis, vol, target, thresholds)
+        paths = write_outputs(analysis, vol, target, thresholds, source_paths=[inp])
         report = json.loads(paths["report"].read_text())
         vols = ", ".join(f"{k} {v:.2f} mL" for k, v in report["volumes_ml"].items())
         print(f"{inp}: {vol.shape[0]} slices -> {target} ({vols})")

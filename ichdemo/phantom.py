@@ -92,6 +92,7 @@ class Phantom:
     seed: int
     subtypes: tuple[str, ...]
     masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    noise_hu: float = 5.0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -101,6 +102,11 @@ class Phantom:
     def voxel_ml(self) -> float:
         """Volume of one voxel in mL."""
         return float(np.prod(self.spacing)) / 1000.0
+
+    @property
+    def affine(self) -> np.ndarray:
+        """RAS affine of ``hu.transpose(2, 1, 0)``, the geometry ``write_phantom`` gives both formats."""
+        return phantom_affine(self.shape, self.spacing)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -637,8 +643,8 @@ def _extra_axial_thickness(kind: str, rng: np.random.Generator, g: _Grid, v: _Va
     dth = _wrap(v.angles.grid - theta0)  # (1, n)
     z = g.z[:, :, 0]  # (S, 1)
     if kind == "SDH":
-        half_arc, half_z = rng.uniform(0.9, 1.55), rng.uniform(25.0, 45.0)
-        peak = rng.uniform(3.0, 11.0) * grow
+        half_arc, half_z = rng.uniform(0.8, 1.55), rng.uniform(18.0, 45.0)
+        peak = rng.uniform(2.5, 11.0) * grow
         z0 = _z_window(g, 0.35, 0.80, 0.5 * g.spacing[0], rng)
         u = np.clip(1.0 - np.abs(dth / half_arc) ** 2.5, 0.0, None) * np.clip(1.0 - np.abs((z - z0) / half_z) ** 2.5,
                                                                              0.0, None)
@@ -796,8 +802,10 @@ def generate_phantom(
     Raises:
         ConfigError: unknown or repeated subtype, bad shape/spacing, a field of view too small for a head.
     """
-    subtypes = tuple(c for c in CLASSES if c in subtypes) if set(subtypes) <= set(CLASSES) else tuple(subtypes)
-    shape, spacing = _check_args(shape, spacing, subtypes, noise_hu)
+    if isinstance(subtypes, str):
+        subtypes = tuple(s.strip() for s in subtypes.split(",") if s.strip())
+    shape, spacing = _check_args(tuple(shape), spacing, tuple(subtypes), noise_hu)
+    subtypes = tuple(c for c in CLASSES if c in subtypes)
     rng = np.random.default_rng([seed, 0])
     head = _sample_head(rng)
     g = _make_grid(shape, spacing, rng)
@@ -821,7 +829,9 @@ def generate_phantom(
     rho_iph = _brain_lesions(seed, subtypes, brain, xw, yw, g, v, head, need, masks)
     hu, labels = _compose(seed, head, g, v, brain, bone, air, masks, rho_iph)
     hu = _finish(np.random.default_rng([seed, 99]), hu, labels, noise_hu)
-    return _package(seed, subtypes, spacing, hu, labels, v, brain, bone)
+    phantom = _package(seed, subtypes, spacing, hu, labels, v, brain, bone)
+    phantom.noise_hu = float(noise_hu)
+    return phantom
 
 
 def _with_minimum(make, need: int, rng: np.random.Generator, kind: str):
@@ -916,3 +926,118 @@ def _package(seed, subtypes, spacing, hu, labels, v: _Vault, brain: _Brain, bone
     }
     return Phantom(hu.astype(np.float32), labels, tuple(spacing), slice_labels.astype(np.uint8), truth, int(seed),
                    tuple(subtypes), masks)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writing and datasets
+# --------------------------------------------------------------------------------------------------------------------
+
+FORMATS: tuple[str, ...] = ("dicom", "nifti")
+
+
+def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+    """RAS affine of a (S, H, W) phantom grid (of ``array.transpose(2, 1, 0)``), as the DICOM writer places it.
+
+    ``ichdemo.io.dicom_write.write_dicom_series`` centres each slice on the isocentre (LPS x0 = -(W - 1) / 2 * col,
+    y0 = -(H - 1) / 2 * row) with slice k at z = k * slice spacing; in RAS the columns run to the patient's left
+    (-x) and the rows to posterior (-y). NIfTI output uses the same affine, so both formats share world coordinates.
+    """
+    _, h, w = (int(n) for n in shape)
+    ds, dr, dc = (float(v) for v in spacing)
+    affine = np.diag([-dc, -dr, ds, 1.0])
+    affine[:3, 3] = [(w - 1) / 2 * dc, (h - 1) / 2 * dr, 0.0]
+    return affine
+
+
+def truth_record(phantom: Phantom) -> dict:
+    """What ``truth.json`` holds: enough to regenerate the phantom and to score a prediction against it."""
+    return {
+        "generator": "ichdemo.phantom.generate_phantom",
+        "seed": phantom.seed,
+        "subtypes": list(phantom.subtypes),
+        "shape": list(phantom.shape),
+        "spacing_mm": [float(v) for v in phantom.spacing],
+        "noise_hu": phantom.noise_hu,
+        "classes": list(CLASSES),
+        "label_values": {c: k + 1 for k, c in enumerate(CLASSES)},
+        "volume_ml": {c: round(phantom.truth_ml[c], 6) for c in CLASSES},
+        "voxels": {c: int(np.count_nonzero(phantom.labels == k + 1)) for k, c in enumerate(CLASSES)},
+        "slice_labels": phantom.slice_labels.astype(int).tolist(),
+        "slice_order": "index 0 is the most inferior slice",
+    }
+
+
+def write_phantom(phantom: Phantom, out_dir: str | Path, fmt: str = "dicom") -> dict:
+    """Write a phantom as a CT series with its label map and ground truth.
+
+    Args:
+        phantom: from ``generate_phantom``.
+        out_dir: output folder (created if missing).
+        fmt: "dicom" writes one CT file per slice into ``out_dir/series/`` (which must be empty or absent);
+            "nifti" writes ``out_dir/ct.nii.gz`` (float32 HU).
+
+    Returns:
+        {"ct": the series folder or ct.nii.gz, "labels": labels.nii.gz, "truth": truth.json, "files": the DICOM
+        files in slice order (empty for NIfTI)}. ``labels.nii.gz`` (uint8, values as in ``CLASSES``) has the CT's
+        grid and affine in both formats.
+
+    Raises:
+        ConfigError: unknown ``fmt``, or a non-empty ``series/`` folder already there.
+    """
+    from ichdemo.io import write_nifti  # io is the lower layer; imported here so generating needs no I/O stack
+    from ichdemo.io.dicom_write import write_dicom_series
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"phantom format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    affine = phantom.affine
+    files: list[Path] = []
+    if fmt == "dicom":
+        ct = out / "series"
+        if ct.exists() and any(ct.iterdir()):
+            raise ConfigError(f"{ct} already holds files; write the phantom into an empty folder")
+        names = ", ".join(phantom.subtypes) or "normal"
+        files = write_dicom_series(
+            phantom.hu, phantom.spacing, ct, seed=phantom.seed, patient_id=f"PHANTOM{phantom.seed}",
+            series_description=f"Synthetic head CT phantom, seed {phantom.seed} ({names})",
+        )
+    else:
+        ct = write_nifti(phantom.hu.astype(np.float32), affine, out / "ct.nii.gz")
+    labels = write_nifti(phantom.labels.astype(np.uint8), affine, out / "labels.nii.gz")
+    truth = out / "truth.json"
+    record = truth_record(phantom) | {"format": fmt, "ct": ct.name, "labels": labels.name}
+    truth.write_text(json.dumps(record, indent=1) + "\n")
+    return {"ct": ct, "labels": labels, "truth": truth, "files": files}
+
+
+def phantom_dataset(
+    n: int,
+    seed: int = 0,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] | None = None,
+    *,
+    p_normal: float = 0.25,
+    max_subtypes: int = 2,
+    noise_hu: float = 5.0,
+) -> Iterator[Phantom]:
+    """Yield ``n`` phantoms with random subtype subsets, normals included (lazily: one at a time).
+
+    Args:
+        n: number of phantoms.
+        seed: the same seed yields the same sequence; each phantom's own seed is in ``Phantom.seed``.
+        shape, spacing, noise_hu: as in ``generate_phantom``.
+        p_normal: probability of a normal head.
+        max_subtypes: at most this many subtypes per abnormal head (at least one), drawn with ``DATASET_WEIGHTS``.
+    """
+    if not 0.0 <= p_normal <= 1.0 or not 1 <= max_subtypes <= len(CLASSES):
+        raise ConfigError(f"need 0 <= p_normal <= 1 and 1 <= max_subtypes <= 5, got {p_normal}, {max_subtypes}")
+    weights = np.array([DATASET_WEIGHTS[c] for c in CLASSES])
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 7])
+        subtypes: tuple[str, ...] = ()
+        if rng.random() >= p_normal:
+            k = int(rng.integers(1, max_subtypes + 1))
+            subtypes = tuple(rng.choice(CLASSES, size=k, replace=False, p=weights / weights.sum()))
+        yield generate_phantom(int(rng.integers(2**31 - 1)), subtypes, shape=shape, spacing=spacing,
+                               noise_hu=noise_hu)

@@ -196,10 +196,18 @@ def to_source_grid(maps: np.ndarray, spec: ResizeSpec) -> np.ndarray:
 
 
 def write_outputs(
-    analysis: Analysis, vol: Volume, out_dir: str | Path, thresholds: Thresholds | None = None
+    analysis: Analysis,
+    vol: Volume,
+    out_dir: str | Path,
+    thresholds: Thresholds | None = None,
+    source_paths: list[str] | None = None,
 ) -> dict[str, Path]:
     """Write labels.nii.gz (source grid), heatmaps.npz (float16 per subtype), report.json and, for image input,
     labels/<stem>.png. Every file is written atomically.
+
+    Args:
+        source_paths: where the input came from, recorded in report.json under input.paths so that
+            `ichdemo export PRED_DIR` can re-read the source geometry (e.g. DICOM UIDs for DICOM SEG).
 
     Returns:
         {"labels": ..., "heatmaps": ..., "report": ..., "label_pngs": folder (image input only)}.
@@ -221,7 +229,10 @@ def write_outputs(
     np.savez_compressed(buf, **{c: analysis.maps255[:, k].astype(np.float16) for k, c in enumerate(CLASSES)},
                         probs=analysis.probs)
     write_bytes(paths["heatmaps"], buf.getvalue())
-    write_text(paths["report"], json.dumps(analysis.report(labels, thresholds, vol), indent=2) + "\n")
+    report = analysis.report(labels, thresholds, vol)
+    if source_paths:
+        report["input"]["paths"] = [str(Path(p).resolve()) for p in source_paths]
+    write_text(paths["report"], json.dumps(report, indent=2) + "\n")
     if vol.source == "image":
         paths["label_pngs"] = _write_label_pngs(labels, vol, out / "labels")
     return paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import zipfile
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from ichdemo.errors import CorruptInputError, UnsupportedInputError
 from ichdemo.io import describe, load_volume
@@ -335,3 +338,21 @@ def test_degenerate_orientation_falls_back_to_instance_number(series):
     assert np.abs(vol.data - hu).max() <= 1.0
     assert np.isfinite(vol.affine).all()
     assert any("sorted by InstanceNumber" in w for w in vol.warnings)
+
+
+def test_jpeg_baseline_grey_series_loads(tmp_path):
+    """A greyscale JPEG baseline CT slice (8-bit, encapsulated) decodes through the installed plugins."""
+    grey = (np.add.outer(np.arange(64), np.arange(64)) * 2).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="JPEG", quality=95)
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float32) - 1024
+    path = write_dicom_series(np.zeros((1, 64, 64), np.float32), SPACING, tmp_path)[0]
+    ds = pydicom.dcmread(path)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(path)
+    vol = load_volume(path)
+    assert vol.meta["transfer_syntax"] == JPEGBaseline8Bit.name
+    assert np.abs(vol.data[0] - expected).max() <= 2  # IDCTs may differ by a grey level
