@@ -43,7 +43,8 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
         raise ConfigError(f"--shape must be SxHxW with positive sizes, got {args.shape!r}")
     phantom = generate_phantom(seed=args.seed, subtypes=_parse_subtypes(args.subtypes), shape=shape)
     paths = write_phantom(phantom, Path(args.out), fmt=args.format)
-    print(json.dumps({k: str(v) for k, v in paths.items()} | {"truth_ml": phantom.truth_ml}, indent=2))
+    shown = {k: str(v) for k, v in paths.items() if k != "files"}
+    print(json.dumps(shown | {"truth_ml": phantom.truth_ml}, indent=2))
     return 0
 
 

@@ -58,7 +58,9 @@ MIN_LESION_VOXELS = 25
 """A requested subtype always has at least ``min_lesion_voxels(spacing)`` voxels (0.5 mL, and never under 25)."""
 
 PRIORITY: tuple[str, ...] = ("EDH", "SDH", "IPH", "IVH", "SAH")
-"""Where two lesions would overlap, the earlier subtype here keeps the voxel (compartment-defining collections win)."""
+"""Where two lesions would overlap, the earlier subtype here keeps the voxel (compartment-defining collections win).
+
+Lesions are placed in this order, each outside the ones before it, so the minimum size still holds afterwards."""
 
 DATASET_WEIGHTS: dict[str, float] = {"IPH": 0.25, "IVH": 0.17, "SAH": 0.25, "SDH": 0.23, "EDH": 0.10}
 """Relative frequency of each subtype in ``phantom_dataset`` (EDH rarest, as in clinical series)."""
@@ -143,7 +145,7 @@ class _Waves:
 
     def __call__(self, px, py, pz) -> np.ndarray:
         out = np.zeros(np.broadcast_shapes(np.shape(px), np.shape(py), np.shape(pz)), np.float32)
-        for (kx, ky, kz), ph in zip(self.k, self.phase):
+        for (kx, ky, kz), ph in zip(self.k, self.phase, strict=True):
             out += np.cos(kx * px + ky * py + kz * pz + ph)
         return out * np.float32(math.sqrt(2.0 / len(self.phase)))  # unit variance
 
@@ -194,18 +196,20 @@ def _sample_head(rng: np.random.Generator) -> _Head:
 
 
 def _default_spacing(shape: tuple[int, int, int]) -> tuple[float, float, float]:
-    return tuple(float(f / n) for f, n in zip(FIELD_OF_VIEW_MM, shape))  # type: ignore[return-value]
+    return tuple(float(f / n) for f, n in zip(FIELD_OF_VIEW_MM, shape, strict=True))  # type: ignore[return-value]
 
 
-def _check_args(shape, spacing, subtypes, noise_hu) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+def _check_args(seed, shape, spacing, subtypes, noise_hu) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"phantom seed must be a non-negative integer, got {seed!r}")
     if len(shape) != 3 or any(int(n) < 1 for n in shape):
         raise ConfigError(f"phantom shape must be three positive sizes (slices, rows, cols), got {shape!r}")
     shape = tuple(int(n) for n in shape)
     spacing = _default_spacing(shape) if spacing is None else tuple(float(s) for s in spacing)
     if len(spacing) != 3 or any(not s > 0 for s in spacing):
         raise ConfigError(f"phantom spacing must be three positive sizes in mm, got {spacing!r}")
-    fov = [n * s for n, s in zip(shape, spacing)]
-    if any(f < m for f, m in zip(fov, MIN_FIELD_OF_VIEW_MM)):
+    fov = [n * s for n, s in zip(shape, spacing, strict=True)]
+    if any(f < m for f, m in zip(fov, MIN_FIELD_OF_VIEW_MM, strict=True)):
         raise ConfigError(
             f"field of view {fov[0]:.0f} x {fov[1]:.0f} x {fov[2]:.0f} mm cannot hold a head; need at least "
             f"{MIN_FIELD_OF_VIEW_MM[0]:.0f} x {MIN_FIELD_OF_VIEW_MM[1]:.0f} x {MIN_FIELD_OF_VIEW_MM[2]:.0f} mm "
@@ -349,7 +353,7 @@ class _Brain:
     sah_space: np.ndarray  # bool, sulci, fissures and cisterns slightly widened: where SAH may lie
     ventricles: np.ndarray  # bool
     midline_ventricles: np.ndarray  # bool, third and fourth
-    grey: np.ndarray  # bool, cortical ribbon + deep grey + cerebellum
+    grey: np.ndarray  # bool, cortical ribbon, deep grey nuclei, brainstem
     deep_grey: np.ndarray  # bool
     parenchyma: np.ndarray  # bool
     depth: np.ndarray  # mm below the inner table (warped)
@@ -394,8 +398,10 @@ def _ventricle_balls(head: _Head, side: int) -> list[tuple[float, ...]]:
         (24.0, 10.0, 0.38, 2.2, 5.5, 6.0),  # temporal horn
         (26.0, -3.0, 0.33, 2.0, 5.0, 5.0),
     ]
-    return [(side * x * sx, y * sy + 1.5 * a[1], t * _HEAD_HEIGHT_MM + 2.0 * a[2], rx * k * w, ry * w, rz)
-            for x, y, t, rx, ry, rz in chain]
+    return [
+        (side * x * sx, y * sy + 1.5 * a[1], t * _HEAD_HEIGHT_MM + 2.0 * a[2], rx * k * w, ry * w, rz)
+        for x, y, t, rx, ry, rz in chain
+    ]
 
 
 def _ventricles(head: _Head, x, y, z) -> tuple[np.ndarray, np.ndarray]:
@@ -540,13 +546,26 @@ def _brain(head: _Head, v: _Vault, x, y, r, z, t, dc: float, core: tuple[slice, 
     hu = np.where(grey, np.float32(head.grey_hu), np.float32(head.white_hu))
     mixed = np.float32(0.5 * (head.grey_hu + head.white_hu))
     hu = np.where(stem | (cerebellum & ~grey), mixed, hu)
+    hu = np.where(deep & ~stem, np.float32(head.grey_hu - 2.5), hu)  # nuclei a shade darker than cortex
     hu = np.where(csf, np.float32(head.csf_hu), hu)
     wide = (in_sulcus_depth & (gap < half + 0.7)) | (syl_gap < 0.3) | fissure | cisterns
     sah_space = inside & cortex & wide & ~ventricles & ~stem
     parenchyma = inside & ~csf
-    return _Brain(hu, inside, csf, sah_space, ventricles & inside, midline & inside, grey & parenchyma,
-                  deep & parenchyma, parenchyma, depth, inside & (syl_gap < 0.3), cisterns & inside & ~stem,
-                  fissure & inside)
+    return _Brain(
+        hu,
+        inside,
+        csf,
+        sah_space,
+        ventricles & inside,
+        midline & inside,
+        grey & parenchyma,
+        deep & parenchyma,
+        parenchyma,
+        depth,
+        inside & (syl_gap < 0.3),
+        cisterns & inside & ~stem,
+        fissure & inside,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -578,6 +597,7 @@ def _skull_base(head: _Head, g: _Grid) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _skull_base_slab(head: _Head, x, y, t) -> tuple[np.ndarray, np.ndarray]:
+    """``_skull_base`` on the lowest slices only (x, y, t of those slices)."""
     bone = np.zeros(x.shape, bool)
     air = np.zeros(x.shape, bool)
     a, b = head.a, head.b
@@ -606,8 +626,8 @@ def _skull_hu(v: _Vault) -> np.ndarray:
     return (1550.0 - 800.0 * (4.0 * u * (1.0 - u)) ** 2).astype(np.float32)
 
 
-def _scalp_hu(head: _Head, v: _Vault, t: np.ndarray) -> np.ndarray:
-    """Skin and galea ~40 HU with a thin subcutaneous fat layer; temporalis muscle bulk at the temples."""
+def _scalp_hu(v: _Vault) -> np.ndarray:
+    """Skin, galea and muscle ~40 HU around a thin subcutaneous fat layer."""
     u = np.clip((v.r - v.r_outer) / np.maximum(v.r_scalp - v.r_outer, 1e-3), 0.0, 1.0)
     fat = np.exp(-(((u - 0.5) / 0.12) ** 2))
     return (40.0 - 70.0 * fat).astype(np.float32)
@@ -636,21 +656,22 @@ def _z_window(g: _Grid, t_lo: float, t_hi: float, margin_mm: float, rng: np.rand
 def _extra_axial_thickness(kind: str, rng: np.random.Generator, g: _Grid, v: _Vault, theta0: float, grow: float):
     """Thickness (mm) of an SDH crescent or an EDH lens along the inner table, as a field over (theta, z).
 
-    SDH: long arc (100-180 degrees) and tall (50-90 mm), thin (3-14 mm) with tapering ends; the inner margin follows
-    the brain, so it is concave toward it. EDH: short arc (35-65 degrees) and 25-50 mm tall, thick (10-25 mm) with an
-    elliptic profile: a biconvex lens.
+    SDH: long arc (90-180 degrees) and tall (45-90 mm), thin (2.5-11 mm) with tapering ends; the inner margin follows
+    the brain, so it is concave toward it. EDH: short arc (35-65 degrees) and 20-40 mm tall, thick (10-24 mm) with an
+    elliptic profile: a biconvex lens. ``grow`` > 1 enlarges a lesion that came out under the minimum size.
     """
     dth = _wrap(v.angles.grid - theta0)  # (1, n)
     z = g.z[:, :, 0]  # (S, 1)
     if kind == "SDH":
-        half_arc, half_z = rng.uniform(0.8, 1.55), rng.uniform(18.0, 45.0)
+        half_arc, half_z = rng.uniform(0.8, 1.55), rng.uniform(22.0, 45.0)
         peak = rng.uniform(2.5, 11.0) * grow
         z0 = _z_window(g, 0.35, 0.80, 0.5 * g.spacing[0], rng)
-        u = np.clip(1.0 - np.abs(dth / half_arc) ** 2.5, 0.0, None) * np.clip(1.0 - np.abs((z - z0) / half_z) ** 2.5,
-                                                                             0.0, None)
+        u = np.clip(1.0 - np.abs(dth / half_arc) ** 2.5, 0.0, None) * np.clip(
+            1.0 - np.abs((z - z0) / half_z) ** 2.5, 0.0, None
+        )
         thick = peak * u**0.6
     else:
-        half_arc, half_z = rng.uniform(0.3, 0.55), rng.uniform(12.0, 24.0) * min(grow, 1.6)
+        half_arc, half_z = rng.uniform(0.3, 0.55), rng.uniform(11.0, 21.0) * min(grow, 1.6)
         peak = rng.uniform(10.0, 24.0) * grow
         z0 = _z_window(g, 0.35, 0.78, 0.5 * g.spacing[0], rng)
         thick = peak * np.sqrt(np.clip(1.0 - (dth / half_arc) ** 2 - ((z - z0) / half_z) ** 2, 0.0, None))
@@ -664,7 +685,9 @@ def _extra_axial_mask(thick: np.ndarray, v: _Vault) -> np.ndarray:
 
 def _blob(rng: np.random.Generator, x, y, z, centre, radii) -> np.ndarray:
     """Normalised radius of an irregular blob (< 1 inside): an ellipsoid with a few random low-frequency lobes."""
-    waves = [(rng.normal(size=3), rng.uniform(1.5, 4.5), rng.uniform(0.06, 0.13), rng.uniform(0, 6.3)) for _ in range(5)]
+    waves = [
+        (rng.normal(size=3), rng.uniform(1.5, 4.5), rng.uniform(0.06, 0.13), rng.uniform(0, 6.3)) for _ in range(5)
+    ]
     out = np.full(x.shape, np.float32(9.0))
     zz = np.broadcast_to(z, x.shape)
     box = (np.abs(zz - centre[2]) < 2.2 * radii[2]) & (np.abs(x - centre[0]) < 2.2 * radii[0])
@@ -728,8 +751,9 @@ def _sah(rng: np.random.Generator, b: _Brain, theta, z, g: _Grid, grow: float) -
     space = b.sah_space
     if kind == "basal":
         region = (b.cisterns | b.sylvian | (b.fissure & (g.y < 0))) & (z < 0.55 * _HEAD_HEIGHT_MM)
-        region |= space & (z < 0.45 * _HEAD_HEIGHT_MM) & (b.depth < 6.0 + 6.0 * grow) & (
-            np.abs(np.abs(theta) - 1.35) < 0.35)
+        region |= (
+            space & (z < 0.45 * _HEAD_HEIGHT_MM) & (b.depth < 6.0 + 6.0 * grow) & (np.abs(np.abs(theta) - 1.35) < 0.35)
+        )
         return region & space
     theta0 = rng.choice([-1.0, 1.0]) * (1.35 if kind == "sylvian" else rng.uniform(0.3, 2.6))
     half_arc = rng.uniform(0.35, 0.9) * grow
@@ -804,7 +828,7 @@ def generate_phantom(
     """
     if isinstance(subtypes, str):
         subtypes = tuple(s.strip() for s in subtypes.split(",") if s.strip())
-    shape, spacing = _check_args(tuple(shape), spacing, tuple(subtypes), noise_hu)
+    shape, spacing = _check_args(seed, tuple(shape), spacing, tuple(subtypes), noise_hu)
     subtypes = tuple(c for c in CLASSES if c in subtypes)
     rng = np.random.default_rng([seed, 0])
     head = _sample_head(rng)
@@ -812,21 +836,24 @@ def generate_phantom(
     v = _vault(head, g)
     need = min_lesion_voxels(spacing)
 
+    bone, air = _skull_base(head, g)
+    # lesions are placed in PRIORITY order, each outside the ones before, so the minimum size holds in the end
+    free = (v.r < v.r_inner) & ~bone & ~air
     angles = _side_angles(subtypes, np.random.default_rng([seed, 10]))
     masks: dict[str, np.ndarray] = {}
     thick_total = np.zeros(shape, np.float32)
-    for kind in ("SDH", "EDH"):
+    for kind in ("EDH", "SDH"):
         if kind in subtypes:
 
             def make(r, grow, kind=kind):
                 thick = _extra_axial_thickness(kind, r, g, v, angles[kind], grow)
                 return thick, _extra_axial_mask(thick, v)
 
-            thick, masks[kind] = _with_minimum(make, need, _lesion_rng(seed, kind), kind)
+            thick, masks[kind] = _with_minimum(make, need, _lesion_rng(seed, kind), kind, free)
             thick_total = np.maximum(thick_total, thick)
-    bone, air = _skull_base(head, g)
+            free &= ~masks[kind]
     brain, xw, yw = _warped_brain(head, g, v, thick_total, bone | air)
-    rho_iph = _brain_lesions(seed, subtypes, brain, xw, yw, g, v, head, need, masks)
+    rho_iph = _brain_lesions(seed, subtypes, brain, xw, yw, g, v, head, need, masks, free)
     hu, labels = _compose(seed, head, g, v, brain, bone, air, masks, rho_iph)
     hu = _finish(np.random.default_rng([seed, 99]), hu, labels, noise_hu)
     phantom = _package(seed, subtypes, spacing, hu, labels, v, brain, bone)
@@ -834,13 +861,17 @@ def generate_phantom(
     return phantom
 
 
-def _with_minimum(make, need: int, rng: np.random.Generator, kind: str):
-    """Call ``make(rng, grow)`` -> (..., mask) with a growing size until the mask has ``need`` voxels."""
+def _with_minimum(make, need: int, rng: np.random.Generator, kind: str, free: np.ndarray):
+    """Call ``make(rng, grow)`` -> (..., mask) with a growing size until ``mask & free`` has ``need`` voxels.
+
+    Returns ``make``'s output with the mask restricted to ``free``.
+    """
     grow = 1.0
     for _ in range(10):
-        out = make(rng, grow)
-        if int(np.count_nonzero(out[-1])) >= need:
-            return out
+        *extra, mask = make(rng, grow)
+        mask = mask & free
+        if int(np.count_nonzero(mask)) >= need:
+            return (*extra, mask)
         grow *= 1.25
     raise ConfigError(f"could not place a {kind} of at least {need} voxels on this grid; use a finer spacing")
 
@@ -863,24 +894,42 @@ def _warped_brain(head: _Head, g: _Grid, v: _Vault, thick: np.ndarray, base: np.
         xw = xw + shift * fade
     rw = np.hypot(xw, yw)
     brain = _brain(head, v, xw, yw, rw, g.z, g.t, g.spacing[2], g.core)
-    for name in ("inside", "csf", "sah_space", "ventricles", "midline_ventricles", "grey", "deep_grey", "parenchyma", "sylvian",
-                 "cisterns", "fissure"):
+    for name in (
+        "inside",
+        "csf",
+        "sah_space",
+        "ventricles",
+        "midline_ventricles",
+        "grey",
+        "deep_grey",
+        "parenchyma",
+        "sylvian",
+        "cisterns",
+        "fissure",
+    ):
         setattr(brain, name, getattr(brain, name) & ~base)
     return brain, xw, yw
 
 
-def _brain_lesions(seed, subtypes, brain: _Brain, xw, yw, g: _Grid, v: _Vault, head: _Head, need: int, masks):
-    """IPH, IVH and SAH masks (into ``masks``), placed in the warped brain; returns the IPH blob radius or None."""
+def _brain_lesions(seed, subtypes, brain: _Brain, xw, yw, g: _Grid, v: _Vault, head: _Head, need: int, masks, free):
+    """IPH, IVH and SAH masks (into ``masks``), placed in the warped brain in ``PRIORITY`` order, each within
+    ``free`` minus the ones before; returns the IPH blob's normalised radius (for the oedema rim) or None."""
     rho = None
+    free = free.copy()
     if "IPH" in subtypes:
-        rho, masks["IPH"] = _with_minimum(lambda r, gr: _iph(r, brain, xw, yw, g.z, head, gr)[::-1], need,
-                                          _lesion_rng(seed, "IPH"), "IPH")
+        rho, masks["IPH"] = _with_minimum(
+            lambda r, gr: _iph(r, brain, xw, yw, g.z, head, gr)[::-1], need, _lesion_rng(seed, "IPH"), "IPH", free
+        )
+        free &= ~masks["IPH"]
     if "IVH" in subtypes:
-        (masks["IVH"],) = _with_minimum(lambda r, gr: (_ivh(r, brain, xw, g.row_mm, gr),), need,
-                                        _lesion_rng(seed, "IVH"), "IVH")
+        (masks["IVH"],) = _with_minimum(
+            lambda r, gr: (_ivh(r, brain, xw, g.row_mm, gr),), need, _lesion_rng(seed, "IVH"), "IVH", free
+        )
+        free &= ~masks["IVH"]
     if "SAH" in subtypes:
-        (masks["SAH"],) = _with_minimum(lambda r, gr: (_sah(r, brain, v.theta, g.z, g, gr),), need,
-                                        _lesion_rng(seed, "SAH"), "SAH")
+        (masks["SAH"],) = _with_minimum(
+            lambda r, gr: (_sah(r, brain, v.theta, g.z, g, gr),), need, _lesion_rng(seed, "SAH"), "SAH", free
+        )
     return rho
 
 
@@ -888,7 +937,7 @@ def _compose(seed, head: _Head, g: _Grid, v: _Vault, brain: _Brain, bone, air, m
     """Noise-free HU and the label map: air, scalp, skull, intracranial content, skull base, lesions by priority."""
     hu = np.full(g.x.shape, HU_AIR, np.float32)
     in_head = v.r < v.r_scalp
-    hu[in_head] = _scalp_hu(head, v, g.t)[in_head]
+    hu[in_head] = _scalp_hu(v)[in_head]
     skull = (v.r >= v.r_inner) & in_head & (v.r < v.r_outer)
     hu[skull] = _skull_hu(v)[skull]
     cavity = v.r < v.r_inner
@@ -905,7 +954,7 @@ def _compose(seed, head: _Head, g: _Grid, v: _Vault, brain: _Brain, bone, air, m
             labels[m] = CLASSES.index(kind) + 1
     for kind in masks:
         m = labels == CLASSES.index(kind) + 1
-        hu[m] = _lesion_hu(_lesion_rng(seed, kind), kind, int(m.sum()))
+        hu[m] = _lesion_hu(np.random.default_rng([seed, 20 + CLASSES.index(kind)]), kind, int(m.sum()))
     return hu, labels
 
 
@@ -924,8 +973,16 @@ def _package(seed, subtypes, spacing, hu, labels, v: _Vault, brain: _Brain, bone
         "ventricles": brain.ventricles & cavity,
         "subarachnoid": brain.sah_space & cavity,
     }
-    return Phantom(hu.astype(np.float32), labels, tuple(spacing), slice_labels.astype(np.uint8), truth, int(seed),
-                   tuple(subtypes), masks)
+    return Phantom(
+        hu.astype(np.float32),
+        labels,
+        tuple(spacing),
+        slice_labels.astype(np.uint8),
+        truth,
+        int(seed),
+        tuple(subtypes),
+        masks,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -999,7 +1056,11 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, fmt: str = "dicom") -> 
             raise ConfigError(f"{ct} already holds files; write the phantom into an empty folder")
         names = ", ".join(phantom.subtypes) or "normal"
         files = write_dicom_series(
-            phantom.hu, phantom.spacing, ct, seed=phantom.seed, patient_id=f"PHANTOM{phantom.seed}",
+            phantom.hu,
+            phantom.spacing,
+            ct,
+            seed=phantom.seed,
+            patient_id=f"PHANTOM{phantom.seed}",
             series_description=f"Synthetic head CT phantom, seed {phantom.seed} ({names})",
         )
     else:
@@ -1039,5 +1100,4 @@ def phantom_dataset(
         if rng.random() >= p_normal:
             k = int(rng.integers(1, max_subtypes + 1))
             subtypes = tuple(rng.choice(CLASSES, size=k, replace=False, p=weights / weights.sum()))
-        yield generate_phantom(int(rng.integers(2**31 - 1)), subtypes, shape=shape, spacing=spacing,
-                               noise_hu=noise_hu)
+        yield generate_phantom(int(rng.integers(2**31 - 1)), subtypes, shape=shape, spacing=spacing, noise_hu=noise_hu)

@@ -1,0 +1,232 @@
+"""Benchmarks of issue 8, each a ratio against a baseline measured in the same run and process.
+
+    python -m bench.run --json docs/bench.json            # full CPU run (2 threads), then docs/BENCHMARKS.md
+    python -m bench.run --quick --json /tmp/bench.json    # CI: small sizes, checks every figure is produced
+
+Figures (JSON keys; null where not measured, e.g. GPU figures without a GPU):
+    cpu_cam_over_forward   all-class Grad-CAM time / forward-only time, one 3x512x512 slice, 2 threads (target <= 1.25)
+    cpu_pgc_over_cam       pytorch-grad-cam time for the five classes / ours                          (target >= 10)
+    gpu_cam_over_forward   GPU throughput of ours / forward-only, batch 32 at 512 px, bf16          (target >= 0.85)
+    gpu_cam_over_pgc       GPU throughput of ours / pytorch-grad-cam                                 (target >= 50)
+    lse_over_gap           throughput of LSE-UNet forward with heatmaps / gap forward, same encoder  (target >= 0.6)
+    series_over_forward    40-slice DICOM series end to end / 40 forward passes, default model       (target <= 1.3)
+    peak_rss_gb            peak resident memory of the process after the series run                  (target <= 2.5)
+    rethreshold_ms         one slider move over a cached 40-slice series: Algorithm 1 + volumes      (target <= 100)
+    onnx_speedup           torch eager time / ONNX Runtime time, default model, CPU                  (target >= 1.3)
+Per-model details go under "models". Medians over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ichdemo import hub
+from ichdemo.cam import heatmaps
+from ichdemo.io import load_volume
+from ichdemo.io.dicom_write import write_dicom_series
+from ichdemo.models import create_model
+from ichdemo.models.registry import normalize_input
+from ichdemo.phantom import generate_phantom
+from ichdemo.predict import LoadedModel, analyze, load_model
+from ichdemo.quantify import Thresholds, volumes_ml
+
+FALLBACK_MODELS = ("lse_unet_tf_efficientnet_lite0", "gap_tf_efficientnet_lite0", "gap_mobilenetv2_100")
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in seconds after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    """What ran the benchmark."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": sys.version.split()[0],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def bench_models() -> list[tuple[str, torch.nn.Module]]:
+    """Bundled models when there are any, else untrained models of the intended architectures (same cost)."""
+    names = hub.bundled_names()
+    if names:
+        return [(n, load_model(n, device="cpu").model) for n in names]
+    return [(n, create_model(n, pretrained=False).eval()) for n in FALLBACK_MODELS]
+
+
+def pgc_all_classes(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """pytorch-grad-cam for the five classes, the way its users run it: one call per class target."""
+    from pytorch_grad_cam import GradCAM as PGC
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    wrapped = _LogitsOnly(model)
+    with PGC(model=wrapped, target_layers=[model.cam_layer]) as cam:
+        for c in range(5):
+            cam(input_tensor=x, targets=[ClassifierOutputTarget(c)] * x.shape[0])
+
+
+class _LogitsOnly(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
+def cpu_per_model(models, size: int, repeats: int, with_pgc: bool) -> dict:
+    """Forward, our heatmaps and (gap models) pytorch-grad-cam on one slice, per model."""
+    x = torch.rand(1, 3, size, size)
+    out = {}
+    for name, model in models:
+        xn = normalize_input(x, model.ich_cfg)
+        with torch.inference_mode():
+            fwd = median_time(lambda: model(xn), repeats)
+        cam = median_time(lambda: heatmaps(model, xn), repeats)
+        row = {"family": model.family, "forward_s": fwd, "heatmaps_s": cam, "cam_over_forward": cam / fwd}
+        if with_pgc and model.family == "gap":
+            pgc = median_time(lambda: pgc_all_classes(model, xn), max(1, repeats // 2))
+            row |= {"pgc_s": pgc, "pgc_over_cam": pgc / cam}
+        out[name] = row
+    return out
+
+
+def lse_over_gap(size: int, repeats: int, encoder: str = "tf_efficientnet_lite0") -> dict:
+    """Throughput of the LSE-UNet (forward gives the heatmaps) over the gap model on the same encoder."""
+    x = torch.rand(4, 3, size, size)
+    gap = create_model(f"gap_{encoder}", pretrained=False).eval()
+    lse = create_model(f"lse_unet_{encoder}", pretrained=False).eval()
+    with torch.inference_mode():
+        t_gap = median_time(lambda: gap(x), repeats)
+    t_lse = median_time(lambda: heatmaps(lse, x), repeats)
+    return {"encoder": encoder, "gap_forward_s": t_gap, "lse_heatmaps_s": t_lse, "ratio": t_gap / t_lse}
+
+
+def series_and_rethreshold(lm: LoadedModel, slices: int, repeats: int) -> dict:
+    """End-to-end series time against slices x forward, and the cost of one threshold change."""
+    ph = generate_phantom(seed=1, subtypes=("IPH", "SDH"), shape=(slices, 512, 512))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dicom_series(ph.hu, ph.spacing, tmp)
+
+        def end_to_end():
+            vol = load_volume(tmp)
+            a = analyze(lm, vol)
+            return a, volumes_ml(a.labels(), vol.spacing)
+
+        t_series = median_time(end_to_end, max(1, repeats // 2), warmup=1)
+        analysis, _ = end_to_end()
+    x = normalize_input(torch.rand(1, 3, lm.input_size, lm.input_size), lm.model.ich_cfg)
+    with torch.inference_mode():
+        t_fwd = median_time(lambda: lm.model(x), repeats)
+    t = lm.thresholds
+    moved = [t.replace(mask_thresholds=tuple(min(255.0, m + d) for m in t.mask_thresholds)) for d in (5, 10, 15)]
+    t_rethr = median_time(lambda: [volumes_ml(analysis.labels(m), analysis.spacing) for m in moved], repeats) / 3
+    return {
+        "slices": slices,
+        "series_s": t_series,
+        "forward_s": t_fwd,
+        "series_over_forward": t_series / (slices * t_fwd),
+        "rethreshold_ms": t_rethr * 1000,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+    }
+
+
+def onnx_vs_torch(lm: LoadedModel, repeats: int) -> dict:
+    """ONNX Runtime against torch eager for the default model on CPU, with the output difference."""
+    from ichdemo.onnx_runtime import export_onnx, OnnxModel
+
+    x = torch.rand(1, 3, lm.input_size, lm.input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(lm.model, Path(tmp) / "model.onnx", size=lm.input_size)
+        ort = OnnxModel(path, threads=torch.get_num_threads())
+        xn = normalize_input(x, lm.model.ich_cfg)
+        with torch.inference_mode():
+            ref = lm.model(xn).logits.numpy()
+            t_torch = median_time(lambda: lm.model(xn), repeats)
+        got = ort.run(xn.numpy())["logits"]
+        t_ort = median_time(lambda: ort.run(xn.numpy()), repeats)
+    return {"torch_s": t_torch, "onnx_s": t_ort, "speedup": t_torch / t_ort, "max_abs_diff": float(np.abs(ref - got).max())}
+
+
+def default_loaded(size: int) -> LoadedModel:
+    """The default bundled model, or an untrained lse_unet lite0 at ``size`` when none is bundled."""
+    try:
+        return load_model(hub.default_model(), device="cpu")
+    except Exception:  # no bundled model yet: timing does not depend on the weights
+        from ichdemo.hub import ModelRef
+
+        model = create_model(FALLBACK_MODELS[0], pretrained=False).eval()
+        cfg = dict(model.ich_cfg, input_size=[3, size, size])
+        return LoadedModel(model, cfg, ModelRef(FALLBACK_MODELS[0], Path("."), "untrained"), torch.device("cpu"))
+
+
+def run(quick: bool) -> dict:
+    """All CPU figures (GPU figures when CUDA is present are left to bench.gpu)."""
+    torch.set_num_threads(2)
+    size, repeats, slices = (256, 3, 8) if quick else (512, 7, 40)
+    models = bench_models()
+    per_model = cpu_per_model(models, size, repeats, with_pgc=True)
+    gap_rows = [r for r in per_model.values() if r["family"] == "gap"]
+    lm = default_loaded(size)
+    series = series_and_rethreshold(lm, slices, repeats)
+    result = {
+        "quick": quick,
+        "input_size": size,
+        "machine": machine(),
+        "models": per_model,
+        "cpu_cam_over_forward": max((r["cam_over_forward"] for r in gap_rows), default=None),
+        "cpu_pgc_over_cam": min((r["pgc_over_cam"] for r in gap_rows if "pgc_over_cam" in r), default=None),
+        "gpu_cam_over_forward": None,
+        "gpu_cam_over_pgc": None,
+        "lse_over_gap": None,
+        "series_over_forward": series["series_over_forward"],
+        "peak_rss_gb": series["peak_rss_gb"],
+        "rethreshold_ms": series["rethreshold_ms"],
+        "onnx_speedup": None,
+        "details": {"series": series},
+    }
+    lse = lse_over_gap(size, repeats)
+    result["lse_over_gap"] = lse["ratio"]
+    result["details"]["lse_over_gap"] = lse
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (CI)")
+    p.add_argument("--json", required=True, help="where to write the figures")
+    p.add_argument("--md", help="also write this markdown table (docs/BENCHMARKS.md)")
+    args = p.parse_args(argv)
+    result = run(args.quick)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("models", "details")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
