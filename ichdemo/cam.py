@@ -22,8 +22,10 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +33,9 @@ from torch import nn
 
 from ichdemo.errors import ConfigError, ModelError
 
-EPS = 1e-7
+TINY = 1e-30
 METHODS: tuple[str, ...] = ("auto", "gradcam", "lse", "guided_backprop", "integrated_gradients")
-REDUCTIONS: tuple[str, ...] = ("relu_sum", "abs_max")
+REDUCTIONS: tuple[str, ...] = ("relu_sum", "abs_max", "sum")
 
 
 @dataclass
@@ -42,7 +44,7 @@ class CamResult:
 
     Attributes:
         raw: (B, C, h, w) maps before any per-image rescaling (>= 0), at the method's own resolution.
-        normalized: (B, C, h, w) ``raw / (max over h, w + eps)`` per image and class, in [0, 1].
+        normalized: (B, C, h, w) ``raw / max over (h, w)`` per image and class, in [0, 1] (all-zero maps stay 0).
         upsampled: (B, C, H, W) ``normalized`` resized to the input (bilinear).
         logits: (B, C) the model's class logits from the same forward pass.
         probs: (B, C) ``sigmoid(logits)``.
@@ -63,7 +65,8 @@ class CamResult:
 def make_result(raw: torch.Tensor, logits: torch.Tensor, size: tuple[int, int], method: str, **extra: Any) -> CamResult:
     """Build a ``CamResult`` from raw maps (B, C, h, w): per-map max normalisation and bilinear upsampling."""
     raw = raw.float()
-    normalized = raw / (raw.amax(dim=(-2, -1), keepdim=True) + EPS)
+    # divide by the max itself (clamped only to avoid 0 / 0): scale-invariant, so (r / n) * f0 normalises like f0
+    normalized = raw / raw.amax(dim=(-2, -1), keepdim=True).clamp_min(TINY)
     if tuple(normalized.shape[-2:]) == tuple(size):
         upsampled = normalized
     else:
@@ -98,6 +101,7 @@ class GradCAM:
         self.model, self.layer, self.grad_mode = model, layer, grad_mode
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._activation: torch.Tensor | None = None
+        self._in_call = False  # the hook only acts inside __call__ (a plain model(x) in the `with` is untouched)
 
     def __enter__(self) -> GradCAM:
         if self._handle is None:
@@ -113,6 +117,8 @@ class GradCAM:
     def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, torch.Tensor) or output.ndim != 4:
             raise ModelError(f"Grad-CAM layer must output a (B, K, h, w) tensor, got {type(output).__name__}")
+        if not self._in_call:
+            return output
         # The forward runs under no_grad; switching grad on here (it is restored when __call__'s no_grad block
         # exits) records only the head above A, and A itself becomes the leaf we differentiate against.
         torch.set_grad_enabled(True)
@@ -125,7 +131,11 @@ class GradCAM:
             with self:
                 return self(x)
         with torch.inference_mode(False), torch.no_grad():
-            logits = _logits(self.model(x))
+            self._in_call = True
+            try:
+                logits = _logits(self.model(x))
+            finally:
+                self._in_call = False
             act = self._activation
             if act is None or logits.grad_fn is None:
                 raise ModelError("the Grad-CAM layer was not used in the forward pass (or logits do not depend on it)")
@@ -189,19 +199,22 @@ def _per_class(model: nn.Module, x: torch.Tensor, attribute: Callable, reduce: s
     """Run a captum ``attribute(inputs, target)`` for every class at once on a class-expanded batch.
 
     Returns (B, C, H, W): the per-channel attributions reduced by ``reduce`` ("relu_sum": positive part of the
-    channel sum = evidence for the class; "abs_max": max |attribution| over channels, the saliency convention).
+    channel sum = evidence for the class; "abs_max": max |attribution| over channels, the saliency convention;
+    "sum": the signed channel sum, e.g. to check IG's completeness).
     """
     if reduce not in REDUCTIONS:
         raise ConfigError(f"reduce={reduce!r}; use one of {REDUCTIONS}")
     with torch.no_grad():
         n = _logits(model(x[:1])).shape[1]
     b = x.shape[0]
-    inputs = x.detach().repeat_interleave(n, dim=0)  # (B*C, ch, H, W): image i, class c at row i*C + c
     target = torch.arange(n, device=x.device).repeat(b)
     with torch.inference_mode(False), torch.enable_grad():
+        inputs = x.detach().clone().repeat_interleave(n, dim=0).requires_grad_(True)  # row i*C + c: image i, class c
         attr = attribute(inputs, target).detach().float()
     attr = attr.view(b, n, *x.shape[1:])  # (B, C, ch, H, W)
-    return F.relu(attr.sum(dim=2)) if reduce == "relu_sum" else attr.abs().amax(dim=2)
+    if reduce == "abs_max":
+        return attr.abs().amax(dim=2)
+    return F.relu(attr.sum(dim=2)) if reduce == "relu_sum" else attr.sum(dim=2)
 
 
 def guided_backprop(model: nn.Module, x: torch.Tensor, reduce: str = "relu_sum") -> torch.Tensor:
@@ -212,7 +225,8 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, reduce: str = "relu_sum")
     from captum.attr import GuidedBackprop
 
     wrapper = _Logits(model)
-    with _no_inplace_relu(model):
+    with _no_inplace_relu(model), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # captum's notice, expected
         return _per_class(model, x, lambda inp, tgt: GuidedBackprop(wrapper).attribute(inp, target=tgt), reduce)
 
 
@@ -233,7 +247,9 @@ def integrated_gradients(
 
     def attribute(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         base = baseline.expand_as(inputs)
-        return ig.attribute(inputs, baselines=base, target=target, n_steps=steps, internal_batch_size=internal_batch_size)
+        return ig.attribute(
+            inputs, baselines=base, target=target, n_steps=steps, internal_batch_size=internal_batch_size
+        )
 
     return _per_class(model, x, attribute, reduce)
 

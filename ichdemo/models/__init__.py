@@ -4,6 +4,12 @@ Families: ``gap`` (timm backbone + global average pooling + linear head, the Gra
 (the paper's U-Net decoder with LSE pooling). Checkpoints: ``save_pretrained`` / ``load_pretrained``.
 """
 
+from ichdemo.models import gap as _gap  # noqa: F401  (registers the gap models)
+from ichdemo.models import lse_unet as _lse_unet  # noqa: F401  (registers the lse_unet models)
+from ichdemo.models.checkpoint import load_pretrained, save_pretrained
+from ichdemo.models.gap import GapClassifier
+from ichdemo.models.losses import build_loss
+from ichdemo.models.lse_unet import LseUnet, lse_pool
 from ichdemo.models.registry import (
     Output,
     create_model,
@@ -13,12 +19,6 @@ from ichdemo.models.registry import (
     normalize_input,
     register_model,
 )
-from ichdemo.models import gap as _gap  # noqa: E402,F401  (registers the gap models)
-from ichdemo.models import lse_unet as _lse_unet  # noqa: E402,F401  (registers the lse_unet models)
-from ichdemo.models.checkpoint import load_pretrained, save_pretrained  # noqa: E402
-from ichdemo.models.gap import GapClassifier  # noqa: E402
-from ichdemo.models.losses import build_loss  # noqa: E402
-from ichdemo.models.lse_unet import LseUnet, lse_pool  # noqa: E402
 
 __all__ = [
     "GapClassifier",

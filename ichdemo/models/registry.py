@@ -20,8 +20,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

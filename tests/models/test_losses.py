@@ -25,8 +25,12 @@ def _maps(values: tuple[float, float, float, float]) -> list[torch.Tensor]:
 
 def test_closs_weights_levels_2_half_quarter_eighth():
     y = torch.tensor([[1.0, 0.0]])
-    logits = [torch.tensor([[2.0, -1.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[-1.0, 1.0]]),
-              torch.tensor([[3.0, 3.0]])]
+    logits = [
+        torch.tensor([[2.0, -1.0]]),
+        torch.tensor([[0.0, 0.0]]),
+        torch.tensor([[-1.0, 1.0]]),
+        torch.tensor([[3.0, 3.0]]),
+    ]
     per_level = [
         (_bce(2.0, 1) + _bce(-1.0, 0)) / 2,
         (_bce(0.0, 1) + _bce(0.0, 0)) / 2,

@@ -1,0 +1,534 @@
+"""ichdemo web app: upload a head CT, compare backbones' heatmaps, tune thresholds, measure volumes, export drafts.
+
+Run it (http://127.0.0.1:7860):
+
+    python app.py                                   # models from ICHDEMO_MODELS / ICHDEMO_MODELS_FILE / checkpoints/
+    python app.py --models /ckpt/lse,/ckpt/gap      # explicit model references (folders, bundled names, hf://...)
+    python app.py --host 0.0.0.0 --port 7860        # as in the Dockerfile / a Docker Space
+
+UI only (hysts' Spaces pattern): this file builds the Blocks and wires events to methods of
+``ichdemo.session.Session`` (one per browser session, in ``gr.State``) and ``ichdemo.session.ModelPool`` (one per
+process); every computation is in the library. ``demo`` is module level so that ``gradio app.py`` and Spaces find
+it. Scripting with gradio_client: the ``/predict`` endpoint takes files and model names and returns the report JSON
+and one label map per model (see the About tab).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import html
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ichdemo.constants import CLASS_NAMES, CLASSES, RESEARCH_NOTICE, WINDOWS
+from ichdemo.errors import IchdemoError, brief
+from ichdemo.quantify import PAPER_MASK_THRESHOLDS
+from ichdemo.session import (
+    NO_MODEL_HELP,
+    PHANTOM_EXAMPLES,
+    ModelPool,
+    PhantomExamples,
+    Session,
+    available_export_formats,
+    explain_slice,
+    parse_model_list,
+    predict_files,
+    run_models,
+)
+from ichdemo.viz import VOLUME_HEADERS, agreement_legend_html, legend_html
+
+log = logging.getLogger("ichdemo.app")
+ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = ROOT / "examples"
+CONCURRENCY = int(os.environ.get("ICHDEMO_CONCURRENCY", "2"))
+MAX_FILE_SIZE = os.environ.get("ICHDEMO_MAX_FILE_SIZE", "1gb")
+SESSION_TTL_S = 4 * 3600  # a session's arrays and temp folder go at the latest this long after its last change
+AGREEMENT_HEADERS = ["model A", "model B", "Dice (any hemorrhage)", "Dice (subtypes)", "same label (share)"]
+NOTICE_HTML = f'<div class="ich-notice">⚠ {RESEARCH_NOTICE} Not for diagnosis or treatment decisions.</div>'
+CSS = """
+.ich-notice {background:#fff4e5;border:1px solid #f0a040;color:#5a3200;padding:6px 10px;border-radius:6px;
+             font-weight:600;margin:4px 0}
+.ich-legend {font-size:0.9em;padding:2px 0}
+.ich-untrained {color:#b00020;font-weight:600}
+"""
+
+try:  # ZeroGPU Spaces: the network runs inside a GPU slot
+    import spaces
+
+    _gpu = spaces.GPU(duration=120)
+except ImportError:  # everywhere else: as is (CUDA used when present, see ModelPool)
+
+    def _gpu(fn: Callable) -> Callable:
+        return fn
+
+
+# --------------------------------------------------------------------------------------------- plumbing
+def ui_errors(fn: Callable) -> Callable:
+    """Show library errors as a one-line message in the UI (never a traceback); the server keeps serving."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except IchdemoError as err:
+            raise gr.Error(html.escape(str(err)), print_exception=False) from err
+        except Exception as err:  # an unexpected failure: logged in full on the server, one line for the user
+            log.exception("callback %s failed", fn.__name__)
+            raise gr.Error(html.escape(f"internal error ({type(err).__name__}: {brief(err)}); the server keeps running"),
+                           print_exception=False) from err
+
+    return wrapper
+
+
+_SESSIONS: dict[str, Session] = {}  # session hash -> Session, so that unload() can clean up right away
+
+
+def _session(state: Session | None, request: gr.Request | None = None) -> Session:
+    s = state if isinstance(state, Session) else Session()
+    if request is not None and getattr(request, "session_hash", None):
+        _SESSIONS[request.session_hash] = s
+    return s
+
+
+def _end_session(request: gr.Request) -> None:
+    s = _SESSIONS.pop(getattr(request, "session_hash", "") or "", None)
+    if s is not None:
+        s.cleanup()
+
+
+def _drop_state(value: Any) -> None:
+    if isinstance(value, Session):
+        value.cleanup()
+
+
+def _refs(choice: Sequence[str] | str | None) -> list[str]:
+    if not choice:
+        return []
+    return [choice] if isinstance(choice, str) else list(choice)
+
+
+# --------------------------------------------------------------------------------------------- the app
+class App:
+    """The callbacks, bound to one ``ModelPool`` and the phantom examples; each returns plain values or updates."""
+
+    def __init__(self, pool: ModelPool, phantoms: PhantomExamples | None = None) -> None:
+        self.pool = pool
+        self.phantoms = phantoms or PhantomExamples()
+        self._gpu_run = _gpu(self._network)
+
+    def _network(self, refs: list[str], volume: Any) -> dict:
+        return run_models(self.pool, refs, volume)
+
+    # ------------------------------------------------------------------ loading
+    def _loaded(self, s: Session) -> tuple:
+        n = s.require_volume().shape[0]
+        slider = gr.update(minimum=0, maximum=max(n - 1, 1), value=n // 2, interactive=n > 1,
+                           label=f"Slice (0..{n - 1})")
+        return s, s.info_markdown(), slider, gr.update(choices=[], value=None), "Series loaded."
+
+    @ui_errors
+    def load_files(self, files: Any, state: Session | None, request: gr.Request) -> tuple:
+        """Upload -> series (resets every model's results)."""
+        if not files:
+            return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in _refs(files)]
+        s = _session(state, request)
+        s.load_files(paths)
+        return self._loaded(s)
+
+    @ui_errors
+    def load_phantom(self, name: str, state: Session | None, request: gr.Request) -> tuple:
+        """A synthetic example series (written once per process, loaded like an upload)."""
+        s = _session(state, request)
+        s.load_files(self.phantoms.files(name))
+        return self._loaded(s)
+
+    # ------------------------------------------------------------------ network
+    @ui_errors
+    def analyze(self, state: Session | None, refs: Sequence[str], results_ref: str | None,
+                progress: gr.Progress = gr.Progress()) -> tuple:
+        """Run the chosen models not yet run on this series; set the threshold sliders from the results model."""
+        s = _session(state)
+        refs = _refs(refs)
+        if s.volume is None:
+            return (s, "Load a series first: upload files or click an example.", gr.skip(), *[gr.skip()] * 10)
+        if not refs:
+            msg = NO_MODEL_HELP if not self.pool.refs else "Choose at least one model to analyze."
+            return (s, f"**{msg}**", gr.update(choices=[], value=None), *[gr.skip()] * 10)
+        ran = s.analyze(self.pool, refs, lambda f, d: progress(f, desc=d),
+                        runner=lambda _pool, todo, vol, _p: self._gpu_run(todo, vol))
+        run = [r for r in refs if r in s.analyses]
+        choices = [(s.analyses[r].model, r) for r in run]
+        target = results_ref if results_ref in run else run[0]
+        msg = f"Ran {len(ran)} model(s); showing {len(run)}." if ran else "All chosen models were already run."
+        return (s, msg, gr.update(choices=choices, value=target), *self._slider_values(s, target))
+
+    def _slider_values(self, s: Session, ref: str | None) -> list:
+        if not ref or ref not in s.analyses:
+            return [gr.skip()] * 10
+        t = s.thresholds[ref]
+        return [*t.class_thresholds, *t.mask_thresholds]
+
+    # ------------------------------------------------------------------ views
+    @ui_errors
+    def render(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float, window: str,
+               mask_opacity: float, heat_opacity: float, native: bool) -> tuple:
+        """Overlay, legend, heatmap panels, agreement and results for the current slice (no network)."""
+        s = _session(state)
+        if s.volume is None:
+            return (None, "", [], None, [], None, [])
+        run = [r for r in _refs(refs) if r in s.analyses]
+        ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
+        i = s.clamp_index(index)
+        overlay = s.overlay(ref, i, window, mask_opacity)
+        panels = s.heatmap_panels(run, i, window, heat_opacity, native)
+        agree, rows = s.agreement(run, i, window)
+        if ref is None:
+            return (overlay, legend_html(), panels, agree, rows, None, [])
+        res = s.results(ref, i)
+        return (overlay, res.legend, panels, agree, rows, res.figure, res.rows)
+
+    @ui_errors
+    def render_3d(self, state: Session | None, results_ref: str | None):
+        """3D view of the results model's masks (series input)."""
+        s = _session(state)
+        if s.volume is None or not results_ref or results_ref not in s.analyses:
+            return None
+        return s.mesh(results_ref)
+
+    # ------------------------------------------------------------------ thresholds
+    @ui_errors
+    def set_thresholds(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float,
+                       window: str, mask_opacity: float, heat_opacity: float, native: bool, *values: float) -> tuple:
+        """Five class then five mask thresholds for the results model: re-threshold the cached heatmaps (no
+        network) and render the view again."""
+        s = _session(state)
+        if results_ref and results_ref in s.analyses:
+            s.set_thresholds(results_ref, values[:5], values[5:10])
+        return (s, *self.render(s, refs, results_ref, index, window, mask_opacity, heat_opacity, native))
+
+    @ui_errors
+    def reset_thresholds(self, state: Session | None, results_ref: str | None) -> tuple:
+        s = _session(state)
+        if not results_ref or results_ref not in s.analyses:
+            return (s, *[gr.skip()] * 10)
+        s.reset_thresholds(results_ref)
+        return (s, *self._slider_values(s, results_ref))
+
+    @ui_errors
+    def pick_results_model(self, state: Session | None, results_ref: str | None) -> list:
+        return self._slider_values(_session(state), results_ref)
+
+    # ------------------------------------------------------------------ export, teach, API
+    @ui_errors
+    def export(self, state: Session | None, results_ref: str | None, formats: Sequence[str]) -> str:
+        """A zip of draft masks of the results model, stamped with model, version and thresholds."""
+        s = _session(state)
+        if not results_ref or results_ref not in s.analyses:
+            raise gr.Error("Analyze a series first; the export uses the results model.", print_exception=False)
+        return str(s.export(results_ref, _refs(formats)))
+
+    @ui_errors
+    def teach(self, state: Session | None, index: float, window: str, cls: str, gap_ref: str | None,
+              lse_ref: str | None, r: float) -> tuple:
+        """The Teach tab on the current slice."""
+        s = _session(state)
+        vol = s.require_volume()
+        lse_t = s.thresholds.get(lse_ref) if lse_ref else None
+        view = explain_slice(self.pool, vol, s.clamp_index(index), cls, gap_ref or None, lse_ref or None,
+                             r_values=(0.3, float(r), 30.0), thresholds=lse_t, window=window)
+        hl_note = "" if view.hloss else (
+            "No pair of LSE-UNet checkpoints trained with and without HLoss is configured. Train one with "
+            "`python -m train.train ... --hloss false` and add both folders to `ICHDEMO_MODELS` to compare them.")
+        return (view.maps, view.r_maps, view.r_figure, view.hloss, hl_note, view.steps, view.notes)
+
+    @ui_errors
+    def predict(self, files: Any, models: str) -> tuple:
+        """API: files + comma-separated model names -> (report JSON, label map files, one per model)."""
+        paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in _refs(files)]
+        if not paths:
+            raise gr.Error("no files given", print_exception=False)
+        refs = parse_model_list(models, self.pool) or self.pool.default_selection()[:1]
+        if not refs:
+            raise gr.Error(NO_MODEL_HELP, print_exception=False)
+        out = Session().folder  # its own unguessable folder; gradio copies the results into its cache
+        report, label_files = predict_files(self.pool, paths, refs, out)
+        return report, [str(p) for p in label_files]
+
+
+# --------------------------------------------------------------------------------------------- layout
+INTRO = """# ichdemo: where is the bleed, and how much?
+Weakly supervised localisation of intracranial hemorrhage subtypes (IPH, IVH, SAH, SDH, EDH) on head CT, after
+Chen & Kuo (MIDL 2026). A classifier trained on slice labels only yields heatmaps; thresholds turn them into masks
+and volumes. Load a series, compare backbones, tune the thresholds, export draft masks for annotators."""
+
+TEACH_INTRO = """### How a slice label becomes a mask
+1. **Grad-CAM** (the baselines): take the last convolutional feature maps A (16x16 at 512 px input), weight
+   each channel by the spatial mean of d(score)/dA, sum the weighted channels and keep the positive part. The map
+   can only be as fine as A: each cell covers 32x32 input pixels.
+2. **LSE-UNet** (the paper's model): a U-Net decoder produces a score map f0 at a quarter of the input (128x128 at
+   512 px), pooled into the slice score with Log-Sum-Exp, LSE_r(f) = log(mean exp(r f)). Its gradient is
+   softmax(r f): Grad-CAM at f0 is just a rescaled f0, so the heatmap is f0 itself, 8x finer per side.
+3. **The sharpness r** moves LSE between average pooling (small r: every pixel counts) and max pooling (large r:
+   only the peak counts). The paper uses r = 3.
+4. **HLoss** asks each decoder level to agree with the 2x2-pooled level above; without it the maps turn grid-like.
+5. **Algorithm 1**: a subtype is kept on a slice when its probability beats the class threshold c_k; then the
+   pixels whose heatmap (scaled to 0..255) beats the mask threshold m_k; the label is the argmax over
+   (normal, 5 subtypes)."""
+
+ABOUT = f"""### About
+{RESEARCH_NOTICE}
+
+**Method.** Chen and Kuo, "Beyond Classification: Elaborating Network Predictions for Better Weakly Supervised
+Quantization". Class order IPH, IVH, SAH, SDH, EDH; label 0 is normal. Volume = voxel count x voxel volume, shown
+beside the bedside ABC/2 estimate.
+
+**Examples.** Synthetic phantoms are generated from seeds. The real slices come from CT-ICH (Hssayeni et al.,
+PhysioNet, CC BY 4.0); see examples/README.md for the full attribution.
+
+**Scripting** with `gradio_client`:
+```python
+from gradio_client import Client, handle_file
+client = Client("http://127.0.0.1:7860/")
+report, label_maps = client.predict([handle_file("series.zip")], "model_name", api_name="/predict")
+```
+"""
+
+
+def _threshold_sliders() -> tuple[list[gr.Slider], list[gr.Slider]]:
+    with gr.Row():
+        cls = [gr.Slider(0.0, 1.0, value=0.5, step=0.01, label=f"class threshold {c}", info=CLASS_NAMES[c],
+                         elem_id=f"cls-{c}", min_width=120) for c in CLASSES]
+    with gr.Row():
+        msk = [gr.Slider(0, 255, value=v, step=1, label=f"mask threshold {c}", elem_id=f"mask-{c}", min_width=120)
+               for c, v in zip(CLASSES, PAPER_MASK_THRESHOLDS)]
+    return cls, msk
+
+
+def _examples_list() -> tuple[list[list[list[str]]], list[str]]:
+    files = sorted((EXAMPLES_DIR / "ctich").glob("*.jpg"))
+    labels = []
+    for f in files:
+        parts = f.stem.split("_")  # ctich_<patient>_<slice>_<subtypes>
+        labels.append(f"{parts[3].replace('-', '+')} (CT-ICH {parts[1]}/{parts[2]})" if len(parts) >= 4 else f.stem)
+    return [[[str(f)]] for f in files], labels
+
+
+def build_demo(pool: ModelPool | None = None, phantoms: PhantomExamples | None = None) -> gr.Blocks:
+    """The Blocks of the app for a model pool (default: the configured models)."""
+    app = App(pool or ModelPool(), phantoms)
+    pool = app.pool
+    default = pool.default_selection()
+    gap_refs, lse_refs = pool.find("gap"), pool.find("lse_unet")
+    with gr.Blocks(title="ichdemo: ICH localisation and quantification", delete_cache=(1800, 3600)) as demo:
+        state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_drop_state)
+        gr.Markdown(INTRO)
+        gr.HTML(NOTICE_HTML)
+        with gr.Accordion("Models", open=not pool.refs or any(not i.trained for i in pool.infos.values())):
+            gr.Markdown(pool.status_markdown(), elem_id="model-status")
+        with gr.Tab("Analyze", id="analyze"):
+            with gr.Row():
+                with gr.Column(scale=4, min_width=320):
+                    files = gr.File(label="Upload CT: DICOM files, a .zip, a NIfTI, or PNG/JPG slices",
+                                    file_count="multiple", elem_id="upload")
+                    gr.Markdown("**Synthetic phantoms** (one click):")
+                    with gr.Row():
+                        ph_buttons = [gr.Button(name, size="sm", min_width=60, elem_id=f"phantom-{i}")
+                                      for i, name in enumerate(PHANTOM_EXAMPLES)]
+                    ex_files, ex_labels = _examples_list()
+                    if ex_files:
+                        gr.Examples(ex_files, inputs=[files], example_labels=ex_labels, examples_per_page=12,
+                                    label="Real CT-ICH slices (CC BY 4.0; Hssayeni et al., PhysioNet)")
+                    info = gr.Markdown("No series loaded yet.", elem_id="series-info")
+                    models = gr.CheckboxGroup(pool.choices(), value=default, label="Models to compare",
+                                              elem_id="models")
+                    analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                    status = gr.Markdown(NO_MODEL_HELP if not pool.refs else "", elem_id="status")
+                with gr.Column(scale=7):
+                    with gr.Row():
+                        index = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False,
+                                          elem_id="slice", scale=3)
+                        window = gr.Dropdown(list(WINDOWS), value="paper", label="Window", scale=1,
+                                             info="display only; models use their own window")
+                    with gr.Row():
+                        overlay = gr.Image(label="Subtype mask (results model)", format="png", interactive=False,
+                                           elem_id="overlay", buttons=["download", "fullscreen"])
+                        agree = gr.Image(label="Agreement between the chosen models", format="png",
+                                         interactive=False, elem_id="agreement", buttons=["fullscreen"])
+                    legend = gr.HTML(legend_html(), elem_id="legend")
+                    gr.HTML(agreement_legend_html())
+                    with gr.Row():
+                        mask_opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Mask opacity")
+                        heat_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
+            gr.Markdown("### Heatmaps: every chosen model, every subtype, this slice")
+            native = gr.Checkbox(False, label="Show the native heatmap grid (nearest neighbour) instead of the "
+                                               "smooth map that Algorithm 1 thresholds")
+            gallery = gr.Gallery(label="Heatmaps", columns=5, height="auto", format="png", elem_id="heatmaps",
+                                 object_fit="contain", preview=False, allow_preview=True)
+            agree_table = gr.Dataframe(headers=AGREEMENT_HEADERS, label="Agreement over the series (pairs of models)",
+                                       interactive=False, elem_id="agreement-table")
+            gr.Markdown("### Thresholds\nMoving a slider re-thresholds the cached heatmaps (Algorithm 1); the network "
+                        "does not run again. They apply to the results model; each model keeps its own.")
+            with gr.Row():
+                results_ref = gr.Dropdown([], value=None, label="Results model (overlay, curves, volumes, export)",
+                                          elem_id="results-model", scale=3)
+                reset_btn = gr.Button("Reset to calibrated", scale=1, elem_id="reset")
+            cls_sliders, mask_sliders = _threshold_sliders()
+            gr.Markdown("### Results")
+            with gr.Row():
+                curves = gr.Plot(label="Slice probabilities", elem_id="curves")
+                with gr.Column():
+                    table = gr.Dataframe(headers=VOLUME_HEADERS, label="Volumes (mask) beside ABC/2",
+                                         interactive=False, elem_id="volumes")
+                    gr.Markdown("Volume = voxels x voxel volume. ABC/2 = bedside ellipsoid estimate on the same "
+                                "mask (A: longest diameter, B: perpendicular, C: slices x thickness).")
+            with gr.Row():
+                plot3d = gr.Plot(label="3D view of the masks (series)", elem_id="view3d")
+            update3d = gr.Button("Update 3D view", size="sm")
+            gr.Markdown("### Export draft masks for annotators")
+            gr.HTML(NOTICE_HTML)
+            with gr.Row():
+                formats = gr.CheckboxGroup(available_export_formats(), value=[], label="Extra formats "
+                                           "(labels.nii.gz + report.json are always included)", scale=3)
+                export_btn = gr.Button("Export draft", scale=1, elem_id="export")
+            export_file = gr.File(label="Draft (zip, stamped with model, version and thresholds)",
+                                  elem_id="export-file", interactive=False)
+            with gr.Accordion("Quick predict (also the /predict API for gradio_client)", open=False):
+                api_files = gr.File(label="Files", file_count="multiple")
+                api_models = gr.Textbox(label="Model names, comma-separated (empty: the default model)",
+                                        value=",".join(pool.infos[r].name for r in default[:1]))
+                api_btn = gr.Button("Predict")
+                api_report = gr.JSON(label="Report")
+                api_labels = gr.File(label="Label maps (NIfTI, one per model)", file_count="multiple")
+        with gr.Tab("Teach", id="teach"):
+            gr.HTML(NOTICE_HTML)
+            gr.Markdown(TEACH_INTRO)
+            with gr.Row():
+                t_cls = gr.Dropdown(list(CLASSES), value="IPH", label="Subtype")
+                t_gap = gr.Dropdown([(pool.infos[r].label, r) for r in gap_refs], value=gap_refs[0] if gap_refs
+                                    else None, label="Grad-CAM baseline (gap)")
+                t_lse = gr.Dropdown([(pool.infos[r].label, r) for r in lse_refs], value=lse_refs[0] if lse_refs
+                                    else None, label="LSE-UNet")
+                t_r = gr.Slider(0.1, 50, value=3.0, step=0.1, label="LSE sharpness r to compare")
+            teach_btn = gr.Button("Explain the current slice of the Analyze tab", variant="primary",
+                                  elem_id="teach")
+            t_maps = gr.Gallery(label="Grad-CAM at its native grid vs the LSE-UNet map", columns=4, height="auto",
+                                format="png", preview=False)
+            gr.Markdown("#### The effect of r: pixel weights softmax(r f0) of LSE pooling")
+            with gr.Row():
+                t_rmaps = gr.Gallery(label="Weights for small, chosen and large r", columns=3, height="auto",
+                                     format="png", preview=False)
+                t_rplot = gr.Plot(label="Pooled value and probability vs r")
+            gr.Markdown("#### With and without HLoss")
+            t_hloss = gr.Gallery(label="f0 with / without HLoss", columns=2, height="auto", format="png",
+                                 preview=False)
+            t_hnote = gr.Markdown()
+            gr.Markdown("#### Algorithm 1 step by step (LSE-UNet, its current thresholds)")
+            t_steps = gr.Gallery(label="Gate, threshold, argmax", columns=6, height="auto", format="png",
+                                 preview=False)
+            t_notes = gr.Markdown()
+        with gr.Tab("About", id="about"):
+            gr.HTML(NOTICE_HTML)
+            gr.Markdown(ABOUT)
+        gr.HTML(NOTICE_HTML)
+
+        # ---------------------------------------------------------------- events
+        sliders = cls_sliders + mask_sliders
+        view_in = [state, models, results_ref, index, window, mask_opacity, heat_opacity, native]
+        view_out = [overlay, legend, gallery, agree, agree_table, curves, table]
+        load_out = [state, info, index, results_ref, status]
+        analyze_kw = dict(fn=app.analyze, inputs=[state, models, results_ref],
+                          outputs=[state, status, results_ref, *sliders], concurrency_id="network",
+                          concurrency_limit=1)
+
+        def after_load(event: Any) -> None:
+            event.success(**analyze_kw, api_visibility="private").success(
+                app.render, view_in, view_out, api_visibility="private").success(
+                app.render_3d, [state, results_ref], plot3d, api_visibility="private")
+
+        after_load(files.change(app.load_files, [files, state], load_out, api_name="load"))
+        for n, btn in enumerate(ph_buttons):
+            after_load(btn.click(app.load_phantom, [btn, state], load_out,
+                                 api_name="load_phantom" if n == 0 else None,
+                                 api_visibility="public" if n == 0 else "private"))
+        analyze_btn.click(**analyze_kw, api_name="analyze").success(
+            app.render, view_in, view_out, api_visibility="private").success(
+            app.render_3d, [state, results_ref], plot3d, api_visibility="private")
+        gr.on([index.input, window.change, mask_opacity.release, heat_opacity.release,
+               native.change], app.render, view_in, view_out, api_name="render", trigger_mode="always_last",
+              show_progress="hidden")
+        results_ref.input(app.pick_results_model, [state, results_ref], sliders, api_visibility="private").then(
+            app.render, view_in, view_out, api_visibility="private").then(
+            app.render_3d, [state, results_ref], plot3d, api_visibility="private")
+        gr.on([s.input for s in sliders], app.set_thresholds, [*view_in, *sliders], [state, *view_out],
+              api_name="set_thresholds", trigger_mode="always_last", show_progress="hidden")
+        gr.on([s.release for s in sliders], app.render_3d, [state, results_ref], plot3d,
+              api_visibility="private", trigger_mode="always_last")
+        reset_btn.click(app.reset_thresholds, [state, results_ref], [state, *sliders],
+                        api_name="reset_thresholds").then(
+            app.render, view_in, view_out, api_visibility="private").then(
+            app.render_3d, [state, results_ref], plot3d, api_visibility="private")
+        update3d.click(app.render_3d, [state, results_ref], plot3d, api_name="view_3d")
+        export_btn.click(app.export, [state, results_ref, formats], export_file, api_name="export")
+        teach_btn.click(app.teach, [state, index, window, t_cls, t_gap, t_lse, t_r],
+                        [t_maps, t_rmaps, t_rplot, t_hloss, t_hnote, t_steps, t_notes], api_name="teach",
+                        concurrency_id="network", concurrency_limit=1)
+        api_btn.click(app.predict, [api_files, api_models], [api_report, api_labels], api_name="predict",
+                      concurrency_id="network", concurrency_limit=1)
+        demo.unload(_end_session)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
+    demo.ichdemo_app = app  # for tests and embedding
+    return demo
+
+
+def launch_options(max_file_size: str | int | None = MAX_FILE_SIZE) -> dict[str, Any]:
+    """Keyword arguments of ``demo.launch`` that belong to the app (theme, CSS, limits, paths); Gradio 6 takes the
+    theme and CSS here rather than in ``gr.Blocks``."""
+    return {
+        "theme": gr.themes.Soft(primary_hue="orange", secondary_hue="slate"),
+        "css": CSS,
+        "max_file_size": max_file_size,
+        "allowed_paths": [str(EXAMPLES_DIR)],
+        "footer_links": ["api", "settings"],
+    }
+
+
+demo = build_demo()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ichdemo web app (research use only, not for diagnosis).")
+    p.add_argument("--host", default=None,
+                   help="interface to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    p.add_argument("--models", default=None,
+                   help="comma-separated model references (bundled names, folders, hf://owner/repo@rev); "
+                        "default: $ICHDEMO_MODELS, $ICHDEMO_MODELS_FILE, else checkpoints/")
+    p.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="largest upload per file, e.g. 500mb (default 1gb)")
+    p.add_argument("--no-warm", action="store_true", help="do not pre-generate the phantom examples at start-up")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    global demo
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.models:
+        demo = build_demo(ModelPool([r.strip() for r in args.models.split(",") if r.strip()]))
+    if not args.no_warm:
+        demo.ichdemo_app.phantoms.warm()
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                **launch_options(args.max_file_size))
+
+
+if __name__ == "__main__":
+    main()
