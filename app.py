@@ -16,12 +16,14 @@ and one label map per model (see the About tab).
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import html
 import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -34,6 +36,7 @@ from ichdemo.session import (
     PHANTOM_EXAMPLES,
     ModelPool,
     PhantomExamples,
+    ScratchFolders,
     Session,
     available_export_formats,
     explain_slice,
@@ -79,11 +82,11 @@ def ui_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except IchdemoError as err:
-            raise gr.Error(html.escape(str(err)), print_exception=False) from err
+            raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from err
         except Exception as err:  # an unexpected failure: logged in full on the server, one line for the user
             log.exception("callback %s failed", fn.__name__)
-            raise gr.Error(html.escape(f"internal error ({type(err).__name__}: {brief(err)}); the server keeps running"),
-                           print_exception=False) from err
+            msg = f"internal error ({type(err).__name__}: {brief(err)}); the server keeps running"
+            raise gr.Error(html.escape(msg, quote=False), print_exception=False) from err
 
     return wrapper
 
@@ -121,8 +124,13 @@ class App:
 
     def __init__(self, pool: ModelPool, phantoms: PhantomExamples | None = None) -> None:
         self.pool = pool
-        self.phantoms = phantoms or PhantomExamples()
+        if phantoms is None:
+            phantoms = PhantomExamples()
+            atexit.register(phantoms.cleanup)
+        self.phantoms = phantoms
         self._gpu_run = _gpu(self._network)
+        self.scratch = ScratchFolders(max_age_s=600)
+        atexit.register(self.scratch.cleanup)
 
     def _network(self, refs: list[str], volume: Any) -> dict:
         return run_models(self.pool, refs, volume)
@@ -184,17 +192,18 @@ class App:
         """Overlay, legend, heatmap panels, agreement and results for the current slice (no network)."""
         s = _session(state)
         if s.volume is None:
-            return (None, "", [], None, [], None, [])
+            return (None, legend_html(), [], "", None, [], None, [])
         run = [r for r in _refs(refs) if r in s.analyses]
         ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
         i = s.clamp_index(index)
         overlay = s.overlay(ref, i, window, mask_opacity)
         panels = s.heatmap_panels(run, i, window, heat_opacity, native)
         agree, rows = s.agreement(run, i, window)
+        rows_md = s.heatmap_legend(run)
         if ref is None:
-            return (overlay, legend_html(), panels, agree, rows, None, [])
+            return (overlay, legend_html(), panels, rows_md, agree, rows, None, [])
         res = s.results(ref, i)
-        return (overlay, res.legend, panels, agree, rows, res.figure, res.rows)
+        return (overlay, res.legend, panels, rows_md, agree, rows, res.figure, res.rows)
 
     @ui_errors
     def render_3d(self, state: Session | None, results_ref: str | None):
@@ -207,12 +216,14 @@ class App:
     # ------------------------------------------------------------------ thresholds
     @ui_errors
     def set_thresholds(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float,
-                       window: str, mask_opacity: float, heat_opacity: float, native: bool, *values: float) -> tuple:
-        """Five class then five mask thresholds for the results model: re-threshold the cached heatmaps (no
-        network) and render the view again."""
+                       window: str, mask_opacity: float, heat_opacity: float, native: bool,
+                       c_iph: float, c_ivh: float, c_sah: float, c_sdh: float, c_edh: float,
+                       m_iph: float, m_ivh: float, m_sah: float, m_sdh: float, m_edh: float) -> tuple:
+        """Class thresholds c_* and mask thresholds m_* (IPH, IVH, SAH, SDH, EDH) for the results model:
+        re-threshold the cached heatmaps (no network) and render the view again."""
         s = _session(state)
         if results_ref and results_ref in s.analyses:
-            s.set_thresholds(results_ref, values[:5], values[5:10])
+            s.set_thresholds(results_ref, (c_iph, c_ivh, c_sah, c_sdh, c_edh), (m_iph, m_ivh, m_sah, m_sdh, m_edh))
         return (s, *self.render(s, refs, results_ref, index, window, mask_opacity, heat_opacity, native))
 
     @ui_errors
@@ -229,12 +240,15 @@ class App:
 
     # ------------------------------------------------------------------ export, teach, API
     @ui_errors
-    def export(self, state: Session | None, results_ref: str | None, formats: Sequence[str]) -> str:
+    def export(self, state: Session | None, results_ref: str | None, formats: Sequence[str]) -> tuple[str, str]:
         """A zip of draft masks of the results model, stamped with model, version and thresholds."""
         s = _session(state)
         if not results_ref or results_ref not in s.analyses:
             raise gr.Error("Analyze a series first; the export uses the results model.", print_exception=False)
-        return str(s.export(results_ref, _refs(formats)))
+        path, skipped = s.export(results_ref, _refs(formats))
+        note = f"Draft written for `{s.analyses[results_ref].model}`."
+        note += "".join(f"\n- skipped {k}: {html.escape(v, quote=False)}" for k, v in skipped.items())
+        return str(path), note
 
     @ui_errors
     def teach(self, state: Session | None, index: float, window: str, cls: str, gap_ref: str | None,
@@ -248,7 +262,8 @@ class App:
         hl_note = "" if view.hloss else (
             "No pair of LSE-UNet checkpoints trained with and without HLoss is configured. Train one with "
             "`python -m train.train ... --hloss false` and add both folders to `ICHDEMO_MODELS` to compare them.")
-        return (view.maps, view.r_maps, view.r_figure, view.hloss, hl_note, view.steps, view.notes)
+        return (view.maps, view.r_maps, view.r_figure, gr.update(value=view.hloss, visible=bool(view.hloss)), hl_note,
+                view.steps, view.notes)
 
     @ui_errors
     def predict(self, files: Any, models: str) -> tuple:
@@ -259,7 +274,7 @@ class App:
         refs = parse_model_list(models, self.pool) or self.pool.default_selection()[:1]
         if not refs:
             raise gr.Error(NO_MODEL_HELP, print_exception=False)
-        out = Session().folder  # its own unguessable folder; gradio copies the results into its cache
+        out = self.scratch.new()  # unguessable, removed after 10 minutes: gradio copies the results into its cache
         report, label_files = predict_files(self.pool, paths, refs, out)
         return report, [str(p) for p in label_files]
 
@@ -304,11 +319,14 @@ report, label_maps = client.predict([handle_file("series.zip")], "model_name", a
 
 
 def _threshold_sliders() -> tuple[list[gr.Slider], list[gr.Slider]]:
+    gr.Markdown("**Class thresholds c_k**: a subtype is present on a slice when its probability is above c_k. "
+                + ", ".join(f"{c} = {CLASS_NAMES[c].lower()}" for c in CLASSES) + ".")
     with gr.Row():
-        cls = [gr.Slider(0.0, 1.0, value=0.5, step=0.01, label=f"class threshold {c}", info=CLASS_NAMES[c],
-                         elem_id=f"cls-{c}", min_width=120) for c in CLASSES]
+        cls = [gr.Slider(0.0, 1.0, value=0.5, step=0.01, label=c, elem_id=f"cls-{c}", min_width=150)
+               for c in CLASSES]
+    gr.Markdown("**Mask thresholds m_k**: where present, pixels whose heatmap (0..255) is above m_k form the mask.")
     with gr.Row():
-        msk = [gr.Slider(0, 255, value=v, step=1, label=f"mask threshold {c}", elem_id=f"mask-{c}", min_width=120)
+        msk = [gr.Slider(0, 255, value=v, step=1, label=c, elem_id=f"mask-{c}", min_width=150)
                for c, v in zip(CLASSES, PAPER_MASK_THRESHOLDS)]
     return cls, msk
 
@@ -322,167 +340,199 @@ def _examples_list() -> tuple[list[list[list[str]]], list[str]]:
     return [[[str(f)]] for f in files], labels
 
 
-def build_demo(pool: ModelPool | None = None, phantoms: PhantomExamples | None = None) -> gr.Blocks:
-    """The Blocks of the app for a model pool (default: the configured models)."""
-    app = App(pool or ModelPool(), phantoms)
-    pool = app.pool
-    default = pool.default_selection()
+def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
+    ui.files = gr.File(label="Upload CT: DICOM files, a .zip, a NIfTI, or PNG/JPG slices", file_count="multiple",
+                       elem_id="upload")
+    gr.Markdown("**Synthetic phantoms** (one click):")
+    with gr.Row():
+        ui.ph_buttons = [gr.Button(name, size="sm", min_width=60, elem_id=f"phantom-{i}")
+                         for i, name in enumerate(PHANTOM_EXAMPLES)]
+    ex_files, ex_labels = _examples_list()
+    if ex_files:
+        gr.Examples(ex_files, inputs=[ui.files], example_labels=ex_labels, examples_per_page=12,
+                    label="Real CT-ICH slices (CC BY 4.0; Hssayeni et al., PhysioNet)")
+    ui.info = gr.Markdown("No series loaded yet.", elem_id="series-info")
+    ui.models = gr.CheckboxGroup(pool.choices(), value=pool.default_selection(), label="Models to compare",
+                                 elem_id="models")
+    ui.analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze")
+    ui.status = gr.Markdown(NO_MODEL_HELP if not pool.refs else "", elem_id="status")
+
+
+def _viewer_column(ui: SimpleNamespace) -> None:
+    with gr.Row():
+        ui.index = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice", scale=3)
+        ui.window = gr.Dropdown(list(WINDOWS), value="paper", label="Window", scale=1,
+                                info="display only; models use their own window")
+    with gr.Row():
+        ui.overlay = gr.Image(label="Subtype mask (results model)", format="png", interactive=False, height=440,
+                              elem_id="overlay", buttons=["download", "fullscreen"])
+        ui.agree = gr.Image(label="Agreement between the chosen models", format="png", height=440,
+                            interactive=False, elem_id="agreement", buttons=["fullscreen"])
+    ui.legend = gr.HTML(legend_html(), elem_id="legend")
+    gr.HTML(agreement_legend_html())
+    with gr.Row():
+        ui.mask_opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Mask opacity")
+        ui.heat_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
+
+
+def _heatmap_section(ui: SimpleNamespace) -> None:
+    gr.Markdown("### Heatmaps: every chosen model, every subtype, this slice")
+    ui.native = gr.Checkbox(False, label="Show the native heatmap grid (nearest neighbour) instead of the smooth "
+                                         "map that Algorithm 1 thresholds")
+    ui.heat_rows = gr.Markdown(elem_id="heatmap-rows")
+    ui.gallery = gr.Gallery(label="Heatmaps", columns=5, height="auto", format="png", elem_id="heatmaps",
+                            object_fit="contain", preview=False, allow_preview=True)
+    ui.agree_table = gr.Dataframe(headers=AGREEMENT_HEADERS, label="Agreement over the series (pairs of models)",
+                                  interactive=False, elem_id="agreement-table")
+
+
+def _threshold_section(ui: SimpleNamespace) -> None:
+    gr.Markdown("### Thresholds\nMoving a slider re-thresholds the cached heatmaps (Algorithm 1); the network does "
+                "not run again. They apply to the results model; each model keeps its own.")
+    with gr.Row():
+        ui.results_ref = gr.Dropdown([], value=None, label="Results model (overlay, curves, volumes, export)",
+                                     elem_id="results-model", scale=3)
+        ui.reset_btn = gr.Button("Reset to calibrated", scale=1, elem_id="reset")
+    ui.cls_sliders, ui.mask_sliders = _threshold_sliders()
+
+
+def _results_section(ui: SimpleNamespace) -> None:
+    gr.Markdown("### Results")
+    with gr.Row():
+        ui.curves = gr.Plot(label="Slice probabilities", elem_id="curves")
+        with gr.Column():
+            ui.table = gr.Dataframe(headers=VOLUME_HEADERS, label="Volumes (mask) beside ABC/2", interactive=False,
+                                    elem_id="volumes")
+            gr.Markdown("Volume = voxels x voxel volume. ABC/2 = bedside ellipsoid estimate on the same mask "
+                        "(A: longest diameter, B: perpendicular to A, C: slices x thickness).")
+    ui.plot3d = gr.Plot(label="3D view of the masks (series)", elem_id="view3d")
+    ui.update3d = gr.Button("Update 3D view", size="sm")
+
+
+def _export_section(ui: SimpleNamespace, pool: ModelPool) -> None:
+    gr.Markdown("### Export draft masks for annotators")
+    gr.HTML(NOTICE_HTML)
+    with gr.Row():
+        ui.formats = gr.CheckboxGroup(available_export_formats(), value=[], scale=3, elem_id="formats",
+                                      label="Formats for annotation tools (labels.nii.gz + report.json always)")
+        ui.export_btn = gr.Button("Export draft", scale=1, elem_id="export")
+    ui.export_file = gr.File(label="Draft (zip, stamped with model, version and thresholds)", elem_id="export-file",
+                             interactive=False)
+    ui.export_note = gr.Markdown(elem_id="export-note")
+    with gr.Accordion("Quick predict (also the /predict API for gradio_client)", open=False):
+        ui.api_files = gr.File(label="Files", file_count="multiple")
+        default = pool.default_selection()[:1]
+        ui.api_models = gr.Textbox(label="Model names, comma-separated (empty: the default model)",
+                                   value=",".join(pool.infos[r].name for r in default))
+        ui.api_btn = gr.Button("Predict")
+        ui.api_report = gr.JSON(label="Report")
+        ui.api_labels = gr.File(label="Label maps (NIfTI, one per model)", file_count="multiple")
+
+
+def _teach_tab(ui: SimpleNamespace, pool: ModelPool) -> None:
     gap_refs, lse_refs = pool.find("gap"), pool.find("lse_unet")
+    gr.HTML(NOTICE_HTML)
+    gr.Markdown(TEACH_INTRO)
+    with gr.Row():
+        ui.t_cls = gr.Dropdown(list(CLASSES), value="IPH", label="Subtype")
+        ui.t_gap = gr.Dropdown([(pool.infos[r].label, r) for r in gap_refs], value=(gap_refs or [None])[0],
+                               label="Grad-CAM baseline (gap)")
+        ui.t_lse = gr.Dropdown([(pool.infos[r].label, r) for r in lse_refs], value=(lse_refs or [None])[0],
+                               label="LSE-UNet")
+        ui.t_r = gr.Slider(0.1, 50, value=3.0, step=0.1, label="LSE sharpness r to compare")
+    ui.teach_btn = gr.Button("Explain the current slice of the Analyze tab", variant="primary", elem_id="teach")
+    ui.t_maps = gr.Gallery(label="Grad-CAM at its native grid vs the LSE-UNet map", columns=4, format="png",
+                           preview=False, elem_id="teach-maps")
+    gr.Markdown("#### The effect of r: pixel weights softmax(r f0) of LSE pooling")
+    with gr.Row():
+        ui.t_rmaps = gr.Gallery(label="Weights for small, chosen and large r", columns=3, format="png", preview=False)
+        ui.t_rplot = gr.Plot(label="Pooled value and probability vs r")
+    gr.Markdown("#### With and without HLoss")
+    ui.t_hloss = gr.Gallery(label="f0 with / without HLoss", columns=2, format="png", preview=False, visible=False)
+    ui.t_hnote = gr.Markdown()
+    gr.Markdown("#### Algorithm 1 step by step (LSE-UNet, its current thresholds)")
+    ui.t_steps = gr.Gallery(label="Gate, threshold, argmax", columns=6, format="png", preview=False)
+    ui.t_notes = gr.Markdown()
+
+
+def _layout(pool: ModelPool) -> SimpleNamespace:
+    """Every component, created inside the current Blocks; returned by name for the wiring."""
+    ui = SimpleNamespace(state=gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_drop_state))
+    gr.Markdown(INTRO)
+    gr.HTML(NOTICE_HTML)
+    with gr.Accordion("Models", open=not pool.refs or any(not i.trained for i in pool.infos.values())):
+        gr.Markdown(pool.status_markdown(), elem_id="model-status")
+    with gr.Tab("Analyze", id="analyze"):
+        with gr.Row():
+            with gr.Column(scale=4, min_width=320):
+                _input_column(ui, pool)
+            with gr.Column(scale=7):
+                _viewer_column(ui)
+        _heatmap_section(ui)
+        _threshold_section(ui)
+        _results_section(ui)
+        _export_section(ui, pool)
+    with gr.Tab("Teach", id="teach"):
+        _teach_tab(ui, pool)
+    with gr.Tab("About", id="about"):
+        gr.HTML(NOTICE_HTML)
+        gr.Markdown(ABOUT)
+    gr.HTML(NOTICE_HTML)
+    return ui
+
+
+def _wire(ui: SimpleNamespace, app: App) -> None:
+    """Events. Public endpoints (api_name) first so that they keep their plain names; chained steps are private."""
+    sliders = ui.cls_sliders + ui.mask_sliders
+    view_in = [ui.state, ui.models, ui.results_ref, ui.index, ui.window, ui.mask_opacity, ui.heat_opacity, ui.native]
+    view_out = [ui.overlay, ui.legend, ui.gallery, ui.heat_rows, ui.agree, ui.agree_table, ui.curves, ui.table]
+    load_out = [ui.state, ui.info, ui.index, ui.results_ref, ui.status]
+    net = {"concurrency_id": "network", "concurrency_limit": 1}
+    analyze = {"fn": app.analyze, "inputs": [ui.state, ui.models, ui.results_ref],
+               "outputs": [ui.state, ui.status, ui.results_ref, *sliders], **net}
+    private = _private_names()
+
+    def then_view(event: Any, step: str = "success") -> None:
+        getattr(event, step)(app.render, view_in, view_out, **private()).then(
+            app.render_3d, [ui.state, ui.results_ref], ui.plot3d, **private())
+
+    # public endpoints
+    then_view(ui.analyze_btn.click(**analyze, api_name="analyze"))
+    gr.on([ui.index.input, ui.window.change, ui.mask_opacity.release, ui.heat_opacity.release, ui.native.change],
+          app.render, view_in, view_out, api_name="render", trigger_mode="always_last", show_progress="hidden")
+    gr.on([s.input for s in sliders], app.set_thresholds, [*view_in, *sliders], [ui.state, *view_out],
+          api_name="set_thresholds", trigger_mode="always_last", show_progress="hidden")
+    then_view(ui.reset_btn.click(app.reset_thresholds, [ui.state, ui.results_ref], [ui.state, *sliders],
+                                 api_name="reset_thresholds"), "then")
+    ui.update3d.click(app.render_3d, [ui.state, ui.results_ref], ui.plot3d, api_name="view_3d")
+    ui.export_btn.click(app.export, [ui.state, ui.results_ref, ui.formats], [ui.export_file, ui.export_note],
+                        api_name="export")
+    ui.teach_btn.click(app.teach, [ui.state, ui.index, ui.window, ui.t_cls, ui.t_gap, ui.t_lse, ui.t_r],
+                       [ui.t_maps, ui.t_rmaps, ui.t_rplot, ui.t_hloss, ui.t_hnote, ui.t_steps, ui.t_notes],
+                       api_name="teach", **net)
+    ui.api_btn.click(app.predict, [ui.api_files, ui.api_models], [ui.api_report, ui.api_labels], api_name="predict",
+                     **net)
+    load = ui.files.change(app.load_files, [ui.files, ui.state], load_out, api_name="load")
+    # chained and UI-only steps
+    then_view(load.success(**analyze, **private()))
+    for btn in ui.ph_buttons:
+        then_view(btn.click(app.load_phantom, [btn, ui.state], load_out, **private()).success(**analyze, **private()))
+    then_view(ui.results_ref.input(app.pick_results_model, [ui.state, ui.results_ref], sliders, **private()), "then")
+    gr.on([s.release for s in sliders], app.render_3d, [ui.state, ui.results_ref], ui.plot3d,
+          trigger_mode="always_last", **private())
+
+
+def _private_names() -> Callable[[], dict[str, str]]:
+    """Unique names for private events (a private event still reserves its api_name, by default the function's)."""
+    counter = iter(range(1_000_000))
+    return lambda: {"api_name": f"_step{next(counter)}", "api_visibility": "private"}
+
+
+def build_demo(pool: ModelPool | None = None, phantoms: PhantomExamples | None = None) -> gr.Blocks:
+    """The Blocks of the app for a model pool (default: the configured models) and the phantom examples."""
+    app = App(pool or ModelPool(), phantoms)
     with gr.Blocks(title="ichdemo: ICH localisation and quantification", delete_cache=(1800, 3600)) as demo:
-        state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_drop_state)
-        gr.Markdown(INTRO)
-        gr.HTML(NOTICE_HTML)
-        with gr.Accordion("Models", open=not pool.refs or any(not i.trained for i in pool.infos.values())):
-            gr.Markdown(pool.status_markdown(), elem_id="model-status")
-        with gr.Tab("Analyze", id="analyze"):
-            with gr.Row():
-                with gr.Column(scale=4, min_width=320):
-                    files = gr.File(label="Upload CT: DICOM files, a .zip, a NIfTI, or PNG/JPG slices",
-                                    file_count="multiple", elem_id="upload")
-                    gr.Markdown("**Synthetic phantoms** (one click):")
-                    with gr.Row():
-                        ph_buttons = [gr.Button(name, size="sm", min_width=60, elem_id=f"phantom-{i}")
-                                      for i, name in enumerate(PHANTOM_EXAMPLES)]
-                    ex_files, ex_labels = _examples_list()
-                    if ex_files:
-                        gr.Examples(ex_files, inputs=[files], example_labels=ex_labels, examples_per_page=12,
-                                    label="Real CT-ICH slices (CC BY 4.0; Hssayeni et al., PhysioNet)")
-                    info = gr.Markdown("No series loaded yet.", elem_id="series-info")
-                    models = gr.CheckboxGroup(pool.choices(), value=default, label="Models to compare",
-                                              elem_id="models")
-                    analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze")
-                    status = gr.Markdown(NO_MODEL_HELP if not pool.refs else "", elem_id="status")
-                with gr.Column(scale=7):
-                    with gr.Row():
-                        index = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False,
-                                          elem_id="slice", scale=3)
-                        window = gr.Dropdown(list(WINDOWS), value="paper", label="Window", scale=1,
-                                             info="display only; models use their own window")
-                    with gr.Row():
-                        overlay = gr.Image(label="Subtype mask (results model)", format="png", interactive=False,
-                                           elem_id="overlay", buttons=["download", "fullscreen"])
-                        agree = gr.Image(label="Agreement between the chosen models", format="png",
-                                         interactive=False, elem_id="agreement", buttons=["fullscreen"])
-                    legend = gr.HTML(legend_html(), elem_id="legend")
-                    gr.HTML(agreement_legend_html())
-                    with gr.Row():
-                        mask_opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Mask opacity")
-                        heat_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
-            gr.Markdown("### Heatmaps: every chosen model, every subtype, this slice")
-            native = gr.Checkbox(False, label="Show the native heatmap grid (nearest neighbour) instead of the "
-                                               "smooth map that Algorithm 1 thresholds")
-            gallery = gr.Gallery(label="Heatmaps", columns=5, height="auto", format="png", elem_id="heatmaps",
-                                 object_fit="contain", preview=False, allow_preview=True)
-            agree_table = gr.Dataframe(headers=AGREEMENT_HEADERS, label="Agreement over the series (pairs of models)",
-                                       interactive=False, elem_id="agreement-table")
-            gr.Markdown("### Thresholds\nMoving a slider re-thresholds the cached heatmaps (Algorithm 1); the network "
-                        "does not run again. They apply to the results model; each model keeps its own.")
-            with gr.Row():
-                results_ref = gr.Dropdown([], value=None, label="Results model (overlay, curves, volumes, export)",
-                                          elem_id="results-model", scale=3)
-                reset_btn = gr.Button("Reset to calibrated", scale=1, elem_id="reset")
-            cls_sliders, mask_sliders = _threshold_sliders()
-            gr.Markdown("### Results")
-            with gr.Row():
-                curves = gr.Plot(label="Slice probabilities", elem_id="curves")
-                with gr.Column():
-                    table = gr.Dataframe(headers=VOLUME_HEADERS, label="Volumes (mask) beside ABC/2",
-                                         interactive=False, elem_id="volumes")
-                    gr.Markdown("Volume = voxels x voxel volume. ABC/2 = bedside ellipsoid estimate on the same "
-                                "mask (A: longest diameter, B: perpendicular, C: slices x thickness).")
-            with gr.Row():
-                plot3d = gr.Plot(label="3D view of the masks (series)", elem_id="view3d")
-            update3d = gr.Button("Update 3D view", size="sm")
-            gr.Markdown("### Export draft masks for annotators")
-            gr.HTML(NOTICE_HTML)
-            with gr.Row():
-                formats = gr.CheckboxGroup(available_export_formats(), value=[], label="Extra formats "
-                                           "(labels.nii.gz + report.json are always included)", scale=3)
-                export_btn = gr.Button("Export draft", scale=1, elem_id="export")
-            export_file = gr.File(label="Draft (zip, stamped with model, version and thresholds)",
-                                  elem_id="export-file", interactive=False)
-            with gr.Accordion("Quick predict (also the /predict API for gradio_client)", open=False):
-                api_files = gr.File(label="Files", file_count="multiple")
-                api_models = gr.Textbox(label="Model names, comma-separated (empty: the default model)",
-                                        value=",".join(pool.infos[r].name for r in default[:1]))
-                api_btn = gr.Button("Predict")
-                api_report = gr.JSON(label="Report")
-                api_labels = gr.File(label="Label maps (NIfTI, one per model)", file_count="multiple")
-        with gr.Tab("Teach", id="teach"):
-            gr.HTML(NOTICE_HTML)
-            gr.Markdown(TEACH_INTRO)
-            with gr.Row():
-                t_cls = gr.Dropdown(list(CLASSES), value="IPH", label="Subtype")
-                t_gap = gr.Dropdown([(pool.infos[r].label, r) for r in gap_refs], value=gap_refs[0] if gap_refs
-                                    else None, label="Grad-CAM baseline (gap)")
-                t_lse = gr.Dropdown([(pool.infos[r].label, r) for r in lse_refs], value=lse_refs[0] if lse_refs
-                                    else None, label="LSE-UNet")
-                t_r = gr.Slider(0.1, 50, value=3.0, step=0.1, label="LSE sharpness r to compare")
-            teach_btn = gr.Button("Explain the current slice of the Analyze tab", variant="primary",
-                                  elem_id="teach")
-            t_maps = gr.Gallery(label="Grad-CAM at its native grid vs the LSE-UNet map", columns=4, height="auto",
-                                format="png", preview=False)
-            gr.Markdown("#### The effect of r: pixel weights softmax(r f0) of LSE pooling")
-            with gr.Row():
-                t_rmaps = gr.Gallery(label="Weights for small, chosen and large r", columns=3, height="auto",
-                                     format="png", preview=False)
-                t_rplot = gr.Plot(label="Pooled value and probability vs r")
-            gr.Markdown("#### With and without HLoss")
-            t_hloss = gr.Gallery(label="f0 with / without HLoss", columns=2, height="auto", format="png",
-                                 preview=False)
-            t_hnote = gr.Markdown()
-            gr.Markdown("#### Algorithm 1 step by step (LSE-UNet, its current thresholds)")
-            t_steps = gr.Gallery(label="Gate, threshold, argmax", columns=6, height="auto", format="png",
-                                 preview=False)
-            t_notes = gr.Markdown()
-        with gr.Tab("About", id="about"):
-            gr.HTML(NOTICE_HTML)
-            gr.Markdown(ABOUT)
-        gr.HTML(NOTICE_HTML)
-
-        # ---------------------------------------------------------------- events
-        sliders = cls_sliders + mask_sliders
-        view_in = [state, models, results_ref, index, window, mask_opacity, heat_opacity, native]
-        view_out = [overlay, legend, gallery, agree, agree_table, curves, table]
-        load_out = [state, info, index, results_ref, status]
-        analyze_kw = dict(fn=app.analyze, inputs=[state, models, results_ref],
-                          outputs=[state, status, results_ref, *sliders], concurrency_id="network",
-                          concurrency_limit=1)
-
-        def after_load(event: Any) -> None:
-            event.success(**analyze_kw, api_visibility="private").success(
-                app.render, view_in, view_out, api_visibility="private").success(
-                app.render_3d, [state, results_ref], plot3d, api_visibility="private")
-
-        after_load(files.change(app.load_files, [files, state], load_out, api_name="load"))
-        for n, btn in enumerate(ph_buttons):
-            after_load(btn.click(app.load_phantom, [btn, state], load_out,
-                                 api_name="load_phantom" if n == 0 else None,
-                                 api_visibility="public" if n == 0 else "private"))
-        analyze_btn.click(**analyze_kw, api_name="analyze").success(
-            app.render, view_in, view_out, api_visibility="private").success(
-            app.render_3d, [state, results_ref], plot3d, api_visibility="private")
-        gr.on([index.input, window.change, mask_opacity.release, heat_opacity.release,
-               native.change], app.render, view_in, view_out, api_name="render", trigger_mode="always_last",
-              show_progress="hidden")
-        results_ref.input(app.pick_results_model, [state, results_ref], sliders, api_visibility="private").then(
-            app.render, view_in, view_out, api_visibility="private").then(
-            app.render_3d, [state, results_ref], plot3d, api_visibility="private")
-        gr.on([s.input for s in sliders], app.set_thresholds, [*view_in, *sliders], [state, *view_out],
-              api_name="set_thresholds", trigger_mode="always_last", show_progress="hidden")
-        gr.on([s.release for s in sliders], app.render_3d, [state, results_ref], plot3d,
-              api_visibility="private", trigger_mode="always_last")
-        reset_btn.click(app.reset_thresholds, [state, results_ref], [state, *sliders],
-                        api_name="reset_thresholds").then(
-            app.render, view_in, view_out, api_visibility="private").then(
-            app.render_3d, [state, results_ref], plot3d, api_visibility="private")
-        update3d.click(app.render_3d, [state, results_ref], plot3d, api_name="view_3d")
-        export_btn.click(app.export, [state, results_ref, formats], export_file, api_name="export")
-        teach_btn.click(app.teach, [state, index, window, t_cls, t_gap, t_lse, t_r],
-                        [t_maps, t_rmaps, t_rplot, t_hloss, t_hnote, t_steps, t_notes], api_name="teach",
-                        concurrency_id="network", concurrency_limit=1)
-        api_btn.click(app.predict, [api_files, api_models], [api_report, api_labels], api_name="predict",
-                      concurrency_id="network", concurrency_limit=1)
+        _wire(_layout(app.pool), app)
         demo.unload(_end_session)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     demo.ichdemo_app = app  # for tests and embedding

@@ -1,4 +1,4 @@
-"""Command-line entry: `python -m ichdemo {info,phantom,predict,models} ...`.
+"""Command-line entry: `python -m ichdemo {info,phantom,predict,export,annotate,models} ...`.
 
 Every failure the library raises on purpose (``IchdemoError``) is printed as one line on stderr with a non-zero exit
 status; ``--debug`` shows the traceback instead.
@@ -59,16 +59,84 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         mask_thresholds=parse_thresholds(args.mask_thresholds, "mask") if args.mask_thresholds else None,
     )
     out = Path(args.out)
+    formats = _parse_formats(args.format)
     names = [Path(p).name.split(".")[0] or f"input{i}" for i, p in enumerate(args.inputs)]
     for inp, name in zip(args.inputs, names):
         vol = load_volume(inp)
+        _check_formats(formats, vol, inp)
         analysis = analyze(lm, vol, batch_size=args.batch_size)
         target = out if len(args.inputs) == 1 else out / name
         paths = write_outputs(analysis, vol, target, thresholds, source_paths=[inp])
         report = json.loads(paths["report"].read_text())
         vols = ", ".join(f"{k} {v:.2f} mL" for k, v in report["volumes_ml"].items())
         print(f"{inp}: {vol.shape[0]} slices -> {target} ({vols})")
+        if formats:
+            _export(analysis.labels(thresholds), vol, formats, target, lm.describe(), thresholds, args.keep_phi, name)
     return 0
+
+
+def _parse_formats(text: str | None) -> list[str]:
+    from ichdemo.export import parse_formats
+
+    return parse_formats(text) if text else []
+
+
+def _check_formats(formats: list[str], vol, inp: str) -> None:
+    """Refuse, before the network runs, a format the input can never have (DICOM SEG for NIfTI or images)."""
+    from ichdemo.errors import UnsupportedInputError
+    from ichdemo.export import unsupported_reason
+
+    for fmt in formats:
+        reason = unsupported_reason(fmt, vol)
+        if reason:
+            raise UnsupportedInputError(f"{inp}: {reason}")
+
+
+def _export(labels, vol, formats, target, model_info, thresholds, keep_phi: bool, name: str) -> None:
+    """Write the exports; a format that this result cannot have (no segment for a SEG) is reported, not fatal."""
+    from ichdemo.export import MANIFEST, export
+
+    paths = export(labels, vol, formats, target, model_info=model_info, thresholds=thresholds, keep_phi=keep_phi,
+                   name=name, skip_unsupported=True)
+    for fmt, path in paths.items():
+        print(f"  {fmt}: {path}")
+    for fmt, reason in json.loads((Path(target) / MANIFEST).read_text())["skipped"].items():
+        print(f"  {fmt}: skipped: {reason}", file=sys.stderr)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ichdemo.export.predictions import read_prediction
+
+    formats = _parse_formats(args.format)
+    pred = read_prediction(args.pred_dir)
+    _check_formats(formats, pred.volume, args.pred_dir)
+    print(f"{args.pred_dir}: {pred.volume.shape[0]} slices -> {args.out}")
+    _export(pred.labels, pred.volume, formats, Path(args.out), pred.model_info, pred.thresholds, args.keep_phi,
+            pred.name)
+    return 0
+
+
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from ichdemo.annotate import AnnotateConfig, run
+    from ichdemo.quantify import parse_thresholds
+
+    cfg = AnnotateConfig(
+        model=args.model or hub.default_model(),
+        formats=tuple(_parse_formats(args.format)),
+        device=args.device,
+        batch_size=args.batch_size,
+        class_thresholds=parse_thresholds(args.class_thresholds, "class") if args.class_thresholds else None,
+        mask_thresholds=parse_thresholds(args.mask_thresholds, "mask") if args.mask_thresholds else None,
+        keep_phi=args.keep_phi,
+        keep_heatmaps=args.keep_heatmaps,
+        threads=args.threads,
+    )
+    res = run(args.input_root, args.output_root, cfg, workers=args.workers, retry_failed=args.retry_failed,
+              progress=not args.no_progress)
+    print(f"{res.total} series found, {res.shard} in this shard: {res.done} done, {res.failed} failed, "
+          f"{res.skipped} already finished or failed earlier")
+    print(f"summary: {res.summary}" if res.summary else "summary: written once every shard has finished")
+    return 1 if res.failed else 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -84,6 +152,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         except IchdemoError as err:
             print(f"{ref}\tunavailable\t{err}")
     return 0
+
+
+_FORMATS_HELP = "export formats: nifti, dicom-seg, seg-nrrd, cvat, labelstudio, coco, overlay, or all"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +185,33 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mask-thresholds", help="5 comma-separated heatmap levels (IPH,IVH,SAH,SDH,EDH) in [0, 255]")
     pr.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
     pr.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    pr.add_argument("--format", help=f"also export: comma-separated {_FORMATS_HELP}")
+    pr.add_argument("--keep-phi", action="store_true", help="keep patient name/ID/birth date in DICOM SEG exports")
     pr.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser("export", help="turn a predict output folder into annotation-tool formats")
+    ex.add_argument("pred_dir", help="a predict output folder (report.json + labels.nii.gz)")
+    ex.add_argument("--format", required=True, help=f"comma-separated {_FORMATS_HELP}")
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--keep-phi", action="store_true", help="keep patient name/ID/birth date in DICOM SEG exports")
+    ex.set_defaults(func=_cmd_export)
+
+    an = sub.add_parser("annotate", help="pre-annotate every series under a folder tree (resumable, parallel)")
+    an.add_argument("input_root", help="folder tree of series: DICOM folders, .zip files, .nii/.nii.gz files")
+    an.add_argument("output_root", help="one output folder per series, summary.csv, _failed/, annotate.log")
+    an.add_argument("--model", help="bundled name, local folder or hf://owner/repo[@rev] (default: bundled default)")
+    an.add_argument("--format", default="nifti", help=f"comma-separated {_FORMATS_HELP} ('' for none)")
+    an.add_argument("--workers", type=int, default=1, help="worker processes on this machine (model loaded once each)")
+    an.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (0: torch's default)")
+    an.add_argument("--class-thresholds", help="5 comma-separated probabilities (IPH,IVH,SAH,SDH,EDH) in [0, 1]")
+    an.add_argument("--mask-thresholds", help="5 comma-separated heatmap levels (IPH,IVH,SAH,SDH,EDH) in [0, 255]")
+    an.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
+    an.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK / cuda / cpu)")
+    an.add_argument("--keep-phi", action="store_true", help="keep patient name/ID/birth date in DICOM SEG exports")
+    an.add_argument("--keep-heatmaps", action="store_true", help="keep heatmaps.npz per series (large)")
+    an.add_argument("--retry-failed", action="store_true", help="process series that failed in an earlier run again")
+    an.add_argument("--no-progress", action="store_true", help="no progress bar")
+    an.set_defaults(func=_cmd_annotate)
 
     mo = sub.add_parser("models", help="list the models available and where they come from")
     mo.set_defaults(func=_cmd_models)

@@ -452,9 +452,21 @@ class Session:
             for k, c in enumerate(CLASSES):
                 p = float(a.probs[i, k])
                 mark = "present" if p > t.class_thresholds[k] else "absent"
-                cap = f"{a.model} · {c} · p={p:.2f} ({mark}, c={t.class_thresholds[k]:.2f}) · native {n}x{n}"
+                cap = f"{c}: p={p:.2f} ({mark}, c={t.class_thresholds[k]:.2f}) · {a.model} · native {n}x{n}"
                 out.append((viz.heatmap_overlay(base, maps[k], opacity), cap))
         return out
+
+    def heatmap_legend(self, refs: Sequence[str]) -> str:
+        """Markdown naming the rows of ``heatmap_panels`` (one row of five subtypes per model run)."""
+        vol = self.require_volume()
+        run = [r for r in refs if r in self.analyses]
+        if not run:
+            return "Run at least one model to see its heatmaps."
+        rows = []
+        for n, (name, ref) in enumerate(zip(self.display_names(run), run), 1):
+            h = self.analyses[ref].native.shape[-1]
+            rows.append(f"{n}. `{name}`: native heatmap {h}x{h}, shown on the {vol.shape[2]}x{vol.shape[1]} slice")
+        return "Rows, top to bottom (columns: " + ", ".join(CLASSES) + "):\n\n" + "\n".join(rows)
 
     def native_on_source(self, ref: str, index: int) -> np.ndarray:
         """(5, H, W) uint8: slice ``index``'s native heatmaps scaled like ``maps255`` and drawn on the source grid
@@ -508,11 +520,14 @@ class Session:
         return a.report(self.labels(ref), self.thresholds.get(ref, a.thresholds), self.require_volume())
 
     # ------------------------------------------------------------------ export
-    def export(self, ref: str, formats: Sequence[str] = ()) -> Path:
+    def export(self, ref: str, formats: Sequence[str] = ()) -> tuple[Path, dict[str, str]]:
         """A zip of draft masks for annotators, stamped with model, version, thresholds and the research notice.
 
         Always holds ``prediction/`` (labels.nii.gz on the source grid, heatmaps.npz, report.json) and DRAFT.txt;
-        plus the requested ``formats`` of ``ichdemo.export`` when that module is installed.
+        plus ``formats/`` with the requested formats of ``ichdemo.export`` (its export.json lists them).
+
+        Returns:
+            (the zip, {format: why it was skipped} for requested formats this input cannot have).
         """
         from ichdemo.predict import write_outputs
 
@@ -521,48 +536,54 @@ class Session:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         work = self.folder / f"export-{stamp}-{secrets.token_hex(4)}"
         write_outputs(a, vol, work / "prediction", thresholds=t)
-        done = export_formats_into(self.labels(ref), vol, list(formats), work / "formats", a.model_info, t)
-        (work / "DRAFT.txt").write_text(draft_stamp(a.model_info, t, done))
+        done, skipped = export_formats_into(self.labels(ref), vol, list(formats), work / "formats", a.model_info, t)
+        (work / "DRAFT.txt").write_text(draft_stamp(a.model_info, t, done, skipped))
         zpath = self.folder / f"ichdemo-draft-{_safe(a.model)}-{stamp}.zip"
         with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(work.rglob("*")):
                 if f.is_file():
                     zf.write(f, f.relative_to(work).as_posix())
         shutil.rmtree(work, ignore_errors=True)
-        return zpath
+        return zpath, skipped
 
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:60] or "model"
 
 
-def available_export_formats() -> list[str]:
-    """Formats ``ichdemo.export`` offers (empty when that module is not installed yet)."""
+def available_export_formats() -> list[tuple[str, str]]:
+    """(label, name) of the formats ``ichdemo.export`` offers (empty when that module is not installed)."""
     try:
-        from ichdemo import export as ex
+        from ichdemo.export import FORMATS
     except ImportError:
         return []
-    return list(getattr(ex, "FORMATS", []))
+    return [(f"{name}: {fmt.description}", name) for name, fmt in FORMATS.items()]
 
 
-def export_formats_into(labels, volume, formats: list[str], out: Path, model_info: dict, t: Thresholds) -> list[str]:
-    """Write ``formats`` with ``ichdemo.export.export`` when available; returns what was written.
+def export_formats_into(
+    labels: np.ndarray, volume: Volume, formats: list[str], out: Path, model_info: dict, t: Thresholds
+) -> tuple[list[str], dict[str, str]]:
+    """Write ``formats`` with ``ichdemo.export.export``; formats the input cannot have are skipped, not fatal.
+
+    Returns:
+        (formats written, {format: why it was skipped}).
 
     Raises:
-        ConfigError: a format was asked for but the export module is not there.
+        ConfigError: a format was asked for but the export module is not there, or an unknown format.
     """
     if not formats:
-        return []
+        return [], {}
     try:
-        from ichdemo.export import export
+        from ichdemo.export import MANIFEST, export
     except ImportError as err:
         raise ConfigError("export formats are not available in this installation (ichdemo.export missing)") from err
-    out.mkdir(parents=True, exist_ok=True)
-    export(labels, volume, formats, out, model_info=model_info, thresholds=t)
-    return list(formats)
+    written = export(labels, volume, formats, out, model_info=model_info, thresholds=t, skip_unsupported=True)
+    manifest = out / MANIFEST
+    skipped = json.loads(manifest.read_text()).get("skipped", {}) if manifest.is_file() else {}
+    return list(written), dict(skipped)
 
 
-def draft_stamp(model_info: dict, t: Thresholds, formats: Sequence[str]) -> str:
+def draft_stamp(model_info: dict, t: Thresholds, formats: Sequence[str], skipped: dict[str, str] | None = None) -> str:
     """The text of DRAFT.txt: what produced these masks and that they are drafts."""
     return "\n".join([
         "DRAFT MASKS FOR ANNOTATION - NOT REVIEWED",
@@ -578,11 +599,45 @@ def draft_stamp(model_info: dict, t: Thresholds, formats: Sequence[str]) -> str:
         "label values: 0 normal, " + ", ".join(f"{k + 1} {c}" for k, c in enumerate(CLASSES)),
         "formats: prediction/ (labels.nii.gz, heatmaps.npz, report.json)"
         + (f", formats/ ({', '.join(formats)})" if formats else ""),
+        *[f"skipped {k}: {v}" for k, v in (skipped or {}).items()],
         "",
     ])
 
 
 # --------------------------------------------------------------------------------------------------- API
+class ScratchFolders:
+    """Private temp folders for stateless API calls, removed once older than ``max_age_s`` (checked on each new one)
+    and at ``cleanup``: the web framework copies the returned files away, so they need not live long."""
+
+    def __init__(self, max_age_s: float = 600.0, base_dir: str | None = None) -> None:
+        self.max_age_s = max_age_s
+        self.base_dir = base_dir
+        self._made: list[tuple[float, Path]] = []
+        self._lock = threading.Lock()
+
+    def new(self) -> Path:
+        """A fresh folder (mode 0700, 128-bit random name); older ones past their age are removed first."""
+        self.sweep()
+        folder = Path(tempfile.mkdtemp(prefix=f"ichdemo-api-{secrets.token_hex(16)}-", dir=self.base_dir))
+        with self._lock:
+            self._made.append((time.monotonic(), folder))
+        return folder
+
+    def sweep(self, max_age_s: float | None = None) -> int:
+        """Remove folders older than ``max_age_s`` (default the instance's); returns how many were removed."""
+        limit = self.max_age_s if max_age_s is None else max_age_s
+        now = time.monotonic()
+        with self._lock:
+            old = [f for t, f in self._made if now - t >= limit]
+            self._made = [(t, f) for t, f in self._made if now - t < limit]
+        for f in old:
+            shutil.rmtree(f, ignore_errors=True)
+        return len(old)
+
+    def cleanup(self) -> None:
+        self.sweep(0.0)
+
+
 def predict_files(pool: ModelPool, paths: Sequence[str | Path], refs: Sequence[str], out_dir: str | Path) -> tuple[dict, list[Path]]:
     """Stateless prediction for scripts: load, run each model, write outputs. Returns (report, label map files).
 

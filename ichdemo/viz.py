@@ -259,7 +259,7 @@ def volume_rows(
     abc2_ml: Mapping[str, float],
     labels: np.ndarray | None = None,
 ) -> list[list]:
-    """Table rows [subtype, name, mask volume mL, ABC/2 mL, slices] per subtype and a "total" row.
+    """Table rows [subtype, mask volume mL, ABC/2 mL, slices] per subtype and a "total" row.
 
     ``slices`` counts the slices holding the subtype when ``labels`` (S, H, W) is given, else is None.
     """
@@ -269,12 +269,11 @@ def volume_rows(
         if labels is not None:
             hit = labels > 0 if c == "total" else labels == k + 1
             n = int(hit.reshape(hit.shape[0], -1).any(1).sum())
-        name = CLASS_NAMES.get(c, "all subtypes")
-        rows.append([c, name, round(float(volumes_ml.get(c, 0.0)), 3), round(float(abc2_ml.get(c, 0.0)), 3), n])
+        rows.append([c, round(float(volumes_ml.get(c, 0.0)), 3), round(float(abc2_ml.get(c, 0.0)), 3), n])
     return rows
 
 
-VOLUME_HEADERS = ["subtype", "name", "volume (mL, mask)", "ABC/2 (mL)", "slices"]
+VOLUME_HEADERS = ["subtype", "volume (mL, mask)", "ABC/2 (mL)", "slices"]
 
 
 def _downsample_factor(shape: Sequence[int], max_side: int) -> int:
@@ -396,9 +395,12 @@ def lse_curve_figure(f: np.ndarray, model_r: float, mean: bool = True, cls: str 
     fig = go.Figure()
     fig.add_scatter(x=rs, y=pooled, name="LSE_r(f) / r", line={"color": "#1f77b4"})
     fig.add_scatter(x=rs, y=prob, name="sigmoid(LSE_r(f)) = probability", line={"color": "#d62728"}, yaxis="y2")
-    fig.add_hline(y=float(np.mean(f)), line={"dash": "dot", "color": "#1f77b4"}, annotation_text="mean (r -> 0)")
-    fig.add_hline(y=float(np.max(f)), line={"dash": "dash", "color": "#1f77b4"}, annotation_text="max (r -> inf)")
-    fig.add_vline(x=float(model_r), line={"color": "#555"}, annotation_text=f"model r = {model_r:g}")
+    fig.add_hline(y=float(np.mean(f)), line={"dash": "dot", "color": "#1f77b4"}, annotation_text="mean (r -> 0)",
+                  annotation_position="bottom left")
+    fig.add_hline(y=float(np.max(f)), line={"dash": "dash", "color": "#1f77b4"}, annotation_text="max (r -> inf)",
+                  annotation_position="top left")
+    fig.add_vline(x=float(model_r), line={"color": "#555"}, annotation_text=f"model r = {model_r:g}",
+                  annotation_position="bottom right")
     fig.update_layout(
         title={"text": f"LSE pooling of the {cls} map as r varies", "font": {"size": 13}}, height=320,
         xaxis={"type": "log", "title": "r"}, yaxis={"title": "pooled map value"},

@@ -32,7 +32,16 @@ from ichdemo.export.provenance import Provenance
 from ichdemo.quantify import Thresholds
 from ichdemo.volume import Volume
 
-__all__ = ["FORMATS", "ExportFormat", "ExportJob", "Provenance", "export", "parse_formats", "unsupported_reason"]
+__all__ = [
+    "FORMATS",
+    "MANIFEST",
+    "ExportFormat",
+    "ExportJob",
+    "Provenance",
+    "export",
+    "parse_formats",
+    "unsupported_reason",
+]
 
 MANIFEST = "export.json"
 
@@ -62,7 +71,7 @@ FORMATS: dict[str, ExportFormat] = {
 
 
 def parse_formats(text: str | Iterable[str]) -> list[str]:
-    """"nifti,dicom-seg" (or a list) -> validated, de-duplicated format names in the given order; "all" = every one.
+    """Validated, de-duplicated format names from "nifti,dicom-seg" (or a list), in order; "all" = every one.
 
     Raises:
         ConfigError: an unknown format name.
@@ -120,8 +129,14 @@ def export(
         ValueError: ``labels`` not on the volume's grid or with values outside 0..5.
     """
     names = parse_formats(formats)
-    job = ExportJob(check_labels(labels, volume), volume, Path(out_dir), Provenance.build(model_info, thresholds),
-                    safe_name(name), keep_phi)
+    job = ExportJob(
+        check_labels(labels, volume),
+        volume,
+        Path(out_dir),
+        Provenance.build(model_info, thresholds),
+        safe_name(name),
+        keep_phi,
+    )
     skipped = _skipped(job, names)
     if skipped and not skip_unsupported:
         raise UnsupportedInputError("; ".join(skipped.values()))

@@ -48,15 +48,17 @@ def annotations(job: ExportJob) -> list[dict]:
     for s, lab in enumerate(job.labels):
         for value in (int(v) for v in np.unique(lab) if v > 0):
             mask = lab == value
-            out.append({
-                "id": len(out) + 1,
-                "image_id": s + 1,
-                "category_id": value,
-                "segmentation": coco_rle(mask),
-                "area": float(mask.sum()),
-                "bbox": bbox_xywh(mask),
-                "iscrowd": 0,
-            })
+            out.append(
+                {
+                    "id": len(out) + 1,
+                    "image_id": s + 1,
+                    "category_id": value,
+                    "segmentation": coco_rle(mask),
+                    "area": float(mask.sum()),
+                    "bbox": bbox_xywh(mask),
+                    "iscrowd": 0,
+                }
+            )
     return out
 
 

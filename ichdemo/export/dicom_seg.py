@@ -95,8 +95,17 @@ def _rebuilt_header(ref: DicomRef, volume: Volume, i: int) -> Dataset:
     ds.SeriesInstanceUID = ref.series_instance_uid
     ds.FrameOfReferenceUID = ref.frame_of_reference_uid or generate_uid()
     ds.Modality = "CT"
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                    "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyID",
+        "ReferringPhysicianName",
+    ):
         setattr(ds, keyword, None)
     ds.Rows, ds.Columns = volume.shape[1], volume.shape[2]
     ds.PixelSpacing = [f"{volume.spacing[1]:.6g}", f"{volume.spacing[2]:.6g}"]
@@ -159,15 +168,17 @@ def segment_descriptions(job: ExportJob) -> list:
     out = []
     for number, value in enumerate(job.present, start=1):
         c = CLASSES[value - 1]
-        out.append(hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=c,
-            segmented_property_category=codes.CATEGORY,
-            segmented_property_type=codes.TYPES[c],
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algo,
-            display_color=hd.color.CIELabColor.from_rgb(*CLASS_COLORS[c]),
-        ))
+        out.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=c,
+                segmented_property_category=codes.CATEGORY,
+                segmented_property_type=codes.TYPES[c],
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+                display_color=hd.color.CIELabColor.from_rgb(*CLASS_COLORS[c]),
+            )
+        )
     return out
 
 
@@ -202,9 +213,11 @@ def build(job: ExportJob) -> Dataset:
         content_description=_fit(f"{DRAFT_LABEL}: {prov.model_text}"),
         series_description=SERIES_DESCRIPTION,
         content_qualification=hd.ContentQualificationValues.RESEARCH,
-        coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(
-            designator=codes.PRIVATE_SCHEME, name="ichdemo private codes", responsible_organization="ichdemo"
-        )],
+        coding_schemes=[
+            hd.coding_schemes.CodingSchemeIdentificationItem(
+                designator=codes.PRIVATE_SCHEME, name="ichdemo private codes", responsible_organization="ichdemo"
+            )
+        ],
         omit_empty_frames=True,
     )
     if not job.keep_phi:

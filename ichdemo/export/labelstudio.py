@@ -48,17 +48,19 @@ def results(lab: np.ndarray, slice_id: str) -> list[dict]:
     out = []
     for value in (int(v) for v in np.unique(lab) if v > 0):
         c = CLASSES[value - 1]
-        out.append({
-            "id": f"{slice_id}_{c}",
-            "from_name": FROM_NAME,
-            "to_name": TO_NAME,
-            "type": "brushlabels",
-            "origin": "prediction",
-            "original_width": int(w),
-            "original_height": int(h),
-            "image_rotation": 0,
-            "value": {"format": "rle", "rle": ls_mask_rle(lab == value), "brushlabels": [c]},
-        })
+        out.append(
+            {
+                "id": f"{slice_id}_{c}",
+                "from_name": FROM_NAME,
+                "to_name": TO_NAME,
+                "type": "brushlabels",
+                "origin": "prediction",
+                "original_width": int(w),
+                "original_height": int(h),
+                "image_rotation": 0,
+                "value": {"format": "rle", "rle": ls_mask_rle(lab == value), "brushlabels": [c]},
+            }
+        )
     return out
 
 
@@ -68,10 +70,12 @@ def tasks(job: ExportJob, names: list[str], image_root: str = IMAGE_ROOT) -> lis
     version = f"{prov.model_text} ({prov.thresholds_text})"
     out = []
     for i, (stem, lab) in enumerate(zip(names, job.labels)):
-        out.append({
-            "data": {"image": f"{image_root}{stem}.png", "series": job.name, "slice": i, "ichdemo": prov.as_dict()},
-            "predictions": [{"model_version": version, "result": results(lab, stem)}],
-        })
+        out.append(
+            {
+                "data": {"image": f"{image_root}{stem}.png", "series": job.name, "slice": i, "ichdemo": prov.as_dict()},
+                "predictions": [{"model_version": version, "result": results(lab, stem)}],
+            }
+        )
     return out
 
 

@@ -47,8 +47,7 @@ def _caption(rgb: np.ndarray, text: str) -> np.ndarray:
     import cv2
 
     scale = max(0.3, rgb.shape[1] / 1400)
-    cv2.putText(rgb, text, (4, int(14 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    cv2.putText(rgb, text, (4, int(14 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return rgb
 
 

@@ -22,7 +22,7 @@ DRAFT_LABEL = "DRAFT - research use only"
 
 
 def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 def _compact(values: tuple[float, ...]) -> str:
@@ -74,9 +74,7 @@ class Provenance:
         """e.g. "class 0.5/0.5/0.5/0.5/0.5, mask 75/125/125/75/25 (IPH/IVH/SAH/SDH/EDH)"."""
         t = self.thresholds
         scale = "" if t.scale_mode == "image" else f", scale {t.scale_mode}"
-        return (
-            f"class {_compact(t.class_thresholds)}, mask {_compact(t.mask_thresholds)}{scale} (IPH/IVH/SAH/SDH/EDH)"
-        )
+        return f"class {_compact(t.class_thresholds)}, mask {_compact(t.mask_thresholds)}{scale} (IPH/IVH/SAH/SDH/EDH)"
 
     @property
     def model_text(self) -> str:

@@ -80,3 +80,13 @@ def nifti_file(tmp_path_factory):
     path = folder / "oblique.nii.gz"
     nib.save(img, path)
     return path, load_volume(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny untrained lse_unet checkpoint folder (64 px input)."""
+    from ichdemo.models import create_model
+    from ichdemo.models.checkpoint import save_pretrained
+
+    model = create_model("lse_unet_mobilenetv3_small_050", pretrained=False)
+    return save_pretrained(model, tmp_path_factory.mktemp("model") / "tiny", {"input_size": [3, 64, 64]})

@@ -26,13 +26,12 @@ def _all_text(ds):
 def seg_default(dicom_series, stamp, labels_for, tmp_path_factory):
     _, vol = dicom_series
     labels = labels_for(vol.shape, seed=7)
-    paths = export(labels, vol, ["dicom-seg"], tmp_path_factory.mktemp("seg"), model_info=stamp[0],
-                   thresholds=stamp[1])
+    paths = export(labels, vol, ["dicom-seg"], tmp_path_factory.mktemp("seg"), model_info=stamp[0], thresholds=stamp[1])
     return labels, pydicom.dcmread(paths["dicom-seg"])
 
 
 def test_segments_are_coded_automatic_and_name_the_model(seg_default):
-    labels, seg = seg_default
+    _, seg = seg_default
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
     assert seg.SegmentationType == "BINARY"
     assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == list(range(1, 6))
@@ -63,15 +62,16 @@ def test_only_segments_present_are_written(dicom_series, stamp, tmp_path):
     _, vol = dicom_series
     labels = np.zeros(vol.shape, np.uint8)
     labels[2, 3:9, 4:12] = 4  # SDH only
-    seg = hd.seg.segread(export(labels, vol, ["dicom-seg"], tmp_path, model_info=stamp[0],
-                                thresholds=stamp[1])["dicom-seg"])
+    seg = hd.seg.segread(
+        export(labels, vol, ["dicom-seg"], tmp_path, model_info=stamp[0], thresholds=stamp[1])["dicom-seg"]
+    )
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["SDH"]
     assert seg.NumberOfFrames == 1  # empty frames omitted
 
 
 def test_deidentified_by_default(dicom_series, seg_default):
     folder, _ = dicom_series
-    source = pydicom.dcmread(sorted(folder.glob("*.dcm"))[0])
+    source = pydicom.dcmread(min(folder.glob("*.dcm")))
     assert str(source.PatientName) == "DOE^JANE" and source.PatientBirthDate == "19700101"  # really there
     _, seg = seg_default
     assert str(seg.get("PatientName", "")) == "" and str(seg.get("PatientID", "")) == ""
@@ -86,8 +86,9 @@ def test_deidentified_by_default(dicom_series, seg_default):
 
 def test_keep_phi_keeps_patient_identifiers(dicom_series, stamp, labels_for, tmp_path):
     _, vol = dicom_series
-    path = export(labels_for(vol.shape), vol, ["dicom-seg"], tmp_path, model_info=stamp[0], thresholds=stamp[1],
-                  keep_phi=True)["dicom-seg"]
+    path = export(
+        labels_for(vol.shape), vol, ["dicom-seg"], tmp_path, model_info=stamp[0], thresholds=stamp[1], keep_phi=True
+    )["dicom-seg"]
     seg = pydicom.dcmread(path)
     assert str(seg.PatientName) == "DOE^JANE" and seg.PatientID == "PID-4711" and seg.PatientBirthDate == "19700101"
     assert "PatientIdentityRemoved" not in seg or seg.PatientIdentityRemoved != "YES"
@@ -100,11 +101,13 @@ def test_source_files_gone_rebuilds_references_from_dicomref(dicom_series, stamp
     vol = load_volume(copy)
     shutil.rmtree(copy)  # like a zip upload extracted to a temporary folder
     labels = labels_for(vol.shape, seed=3)
-    seg = hd.seg.segread(export(labels, vol, ["dicom-seg"], tmp_path / "out", model_info=stamp[0],
-                                thresholds=stamp[1])["dicom-seg"])
+    seg = hd.seg.segread(
+        export(labels, vol, ["dicom-seg"], tmp_path / "out", model_info=stamp[0], thresholds=stamp[1])["dicom-seg"]
+    )
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == vol.dicom.series_instance_uid
-    pixels = seg.get_pixels_by_source_instance(vol.dicom.sop_instance_uids, combine_segments=True,
-                                               skip_overlap_checks=True)
+    pixels = seg.get_pixels_by_source_instance(
+        vol.dicom.sop_instance_uids, combine_segments=True, skip_overlap_checks=True
+    )
     np.testing.assert_array_equal(pixels > 0, labels > 0)
     assert seg.PatientIdentityRemoved == "YES"
 
@@ -112,8 +115,7 @@ def test_source_files_gone_rebuilds_references_from_dicomref(dicom_series, stamp
 def test_not_offered_for_nifti_with_a_reason(nifti_file, stamp, labels_for, tmp_path):
     _, vol = nifti_file
     with pytest.raises(UnsupportedInputError, match="DICOM SEG is not offered for a NIfTI file.*reference"):
-        export(labels_for(vol.shape), vol, ["nifti", "dicom-seg"], tmp_path, model_info=stamp[0],
-               thresholds=stamp[1])
+        export(labels_for(vol.shape), vol, ["nifti", "dicom-seg"], tmp_path, model_info=stamp[0], thresholds=stamp[1])
     assert not any(tmp_path.iterdir())  # refused before writing anything
 
 
@@ -122,6 +124,7 @@ def test_empty_label_map_gets_no_seg(dicom_series, stamp, tmp_path):
     empty = np.zeros(vol.shape, np.uint8)
     with pytest.raises(UnsupportedInputError, match="no hemorrhage was segmented"):
         export(empty, vol, ["dicom-seg"], tmp_path, model_info=stamp[0], thresholds=stamp[1])
-    paths = export(empty, vol, ["dicom-seg", "nifti"], tmp_path, model_info=stamp[0], thresholds=stamp[1],
-                   skip_unsupported=True)
+    paths = export(
+        empty, vol, ["dicom-seg", "nifti"], tmp_path, model_info=stamp[0], thresholds=stamp[1], skip_unsupported=True
+    )
     assert set(paths) == {"nifti"}

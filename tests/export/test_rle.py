@@ -6,6 +6,8 @@ from pycocotools import mask as coco_mask
 
 from ichdemo.export import rle
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+
 
 def _masks():
     rng = np.random.default_rng(0)

@@ -23,6 +23,8 @@ from ichdemo.constants import CLASS_COLORS, CLASSES
 from ichdemo.export import export
 from ichdemo.export.rle import ls_decode
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -72,7 +74,7 @@ def test_nifti_roundtrip_on_source_grid(exported):
 
 
 def test_seg_nrrd_roundtrip_with_pynrrd_and_slicerio(exported):
-    kind, _, vol, labels, paths = exported
+    _, _, vol, labels, paths = exported
     data, hdr = nrrd.read(str(paths["seg-nrrd"]), index_order="F")
     assert hdr["space"] == "left-posterior-superior"
     lps = np.eye(4)
@@ -142,7 +144,7 @@ def test_labelstudio_rle_decodes_with_label_studios_own_decoder(exported):
 
 
 def test_coco_roundtrip_with_pycocotools(exported):
-    _, _, vol, labels, paths = exported
+    _, _, _, labels, paths = exported
     coco = COCO(str(paths["coco"]))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
     for image_id in coco.getImgIds():
@@ -158,7 +160,7 @@ def test_coco_roundtrip_with_pycocotools(exported):
 
 
 def test_overlay_pngs_show_classes_and_carry_provenance(exported):
-    _, _, vol, labels, paths = exported
+    _, _, _, labels, paths = exported
     files = sorted(paths["overlay"].glob("*.png"))
     with_labels = [s for s in range(labels.shape[0]) if labels[s].any()]
     assert len(files) == len(with_labels)
@@ -172,7 +174,7 @@ def test_overlay_pngs_show_classes_and_carry_provenance(exported):
 
 
 def test_dicom_seg_roundtrip_by_referenced_instance(exported):
-    kind, src, vol, labels, paths = exported
+    kind, _, vol, labels, paths = exported
     if kind != "dicom":
         assert "dicom-seg" not in paths
         return
@@ -191,5 +193,6 @@ def test_dicom_seg_roundtrip_by_referenced_instance(exported):
     for frame in seg.PerFrameFunctionalGroupsSequence:  # frames sit at their source slice's position
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         pos = frame.PlanePositionSequence[0].ImagePositionPatient
-        np.testing.assert_allclose([float(v) for v in pos], ref.image_positions[ref.sop_instance_uids.index(uid)],
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            [float(v) for v in pos], ref.image_positions[ref.sop_instance_uids.index(uid)], atol=1e-3
+        )

@@ -1,0 +1,130 @@
+"""The app served on 127.0.0.1 and driven through gradio_client, as a script user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from ichdemo.constants import RESEARCH_NOTICE
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def _view(client, refs, ref, index=4):
+    return client.predict(refs, ref, index, "brain", 0.45, 0.5, False, api_name="/render")
+
+
+def test_named_endpoints(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name in ("/load", "/analyze", "/render", "/set_thresholds", "/reset_thresholds", "/export", "/teach",
+                 "/predict", "/view_3d"):
+        assert name in api, name
+    params = [p["parameter_name"] for p in api["/set_thresholds"]["parameters"]]
+    assert params[-10:] == ["c_iph", "c_ivh", "c_sah", "c_sdh", "c_edh", "m_iph", "m_ivh", "m_sah", "m_sdh", "m_edh"]
+
+
+def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
+    files, phantom = phantom_series
+    info, slider, _, status = client.predict([handle_file(str(f)) for f in files], api_name="/load")
+    assert f"{phantom.shape[0]} slice(s)" in info and status == "Series loaded."
+    assert slider["maximum"] == phantom.shape[0] - 1 and slider["value"] == phantom.shape[0] // 2
+
+    refs = [tiny_models["lse"], tiny_models["gap"]]
+    out = client.predict(refs, None, api_name="/analyze")
+    assert out[0].startswith("Ran 2 model(s)")
+    assert out[1]["value"] == tiny_models["lse"]
+    assert list(out[2:]) == [0.5] * 5 + [75.0, 125.0, 125.0, 75.0, 25.0]  # calibrated defaults of an untrained model
+
+    overlay, legend, gallery, rows_md, agree, agree_table, curves, table = _view(client, refs, tiny_models["lse"])
+    assert Path(overlay).is_file() and Path(agree).is_file()
+    assert len(gallery) == 10  # two models x five subtypes
+    assert "lse_tiny" in gallery[0]["caption"] and "gap_tiny" in gallery[5]["caption"]
+    assert "native heatmap 16x16" in rows_md and "native heatmap 2x2" in rows_md
+    assert agree_table["data"][0][:2] == ["lse_tiny", "gap_tiny"]
+
+    closed = client.predict(refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, *[1.0] * 5, *[0] * 5,
+                            api_name="/set_thresholds")
+    assert closed[-1]["data"][-1][:2] == ["total", 0.0]
+    opened = client.predict(refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, *[0.0] * 5, *[0] * 5,
+                            api_name="/set_thresholds")
+    total_ml = opened[-1]["data"][-1][1]
+    assert total_ml > 0
+    assert not np.array_equal(_png(closed[0]), _png(opened[0]))  # the overlay follows the thresholds
+
+    zpath, note = client.predict(tiny_models["lse"], ["nifti"], api_name="/export")
+    assert "lse_tiny" in note
+    with zipfile.ZipFile(zpath) as zf:
+        names = set(zf.namelist())
+        draft = zf.read("DRAFT.txt").decode()
+        report = json.loads(zf.read("prediction/report.json"))
+    assert {"DRAFT.txt", "prediction/labels.nii.gz", "prediction/report.json"} <= names
+    assert any(n.startswith("formats/nifti/") for n in names)
+    assert RESEARCH_NOTICE in draft and "class thresholds (IPH,IVH,SAH,SDH,EDH): 0, 0, 0, 0, 0" in draft
+    assert report["volumes_ml"]["total"] == pytest.approx(total_ml, abs=1e-3)
+
+    reset = client.predict(tiny_models["lse"], api_name="/reset_thresholds")
+    assert list(reset) == [0.5] * 5 + [75.0, 125.0, 125.0, 75.0, 25.0]
+
+
+def test_teach_endpoint(client, tiny_models):
+    maps, rmaps, _, _, note, steps, notes = client.predict(3, "paper", "IPH", tiny_models["gap"], tiny_models["lse"],
+                                                           3.0, api_name="/teach")
+    assert len(maps) == 4 and len(rmaps) == 3 and len(steps) == 6
+    assert "HLoss" in note and "UNTRAINED" in notes
+
+
+def test_predict_endpoint_returns_report_and_label_maps(client, phantom_series):
+    files, phantom = phantom_series
+    report, labels = client.predict([handle_file(str(f)) for f in files], "lse_tiny,gap_tiny_b",
+                                    api_name="/predict")
+    assert set(report["models"]) == {"lse_tiny", "gap_tiny_b"} and report["notice"] == RESEARCH_NOTICE
+    assert [Path(p).name for p in labels] == ["lse_tiny_labels.nii.gz", "gap_tiny_b_labels.nii.gz"]
+    assert nib.load(labels[0]).shape == phantom.shape[::-1]
+    with pytest.raises(AppError, match="unknown model 'nope'"):
+        client.predict([handle_file(str(files[0]))], "nope", api_name="/predict")
+
+
+def test_bad_upload_is_a_message_and_the_server_keeps_serving(client, tmp_path, phantom_series):
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"definitely not DICOM")
+    with pytest.raises(AppError, match="not a DICOM file"):
+        client.predict([handle_file(str(bad))], api_name="/load")
+    info, *_ = client.predict([handle_file(str(f)) for f in phantom_series[0]], api_name="/load")
+    assert "slice(s)" in info
+
+
+def test_app_without_models_starts_and_says_so(app_module):
+    from ichdemo.session import NO_MODEL_HELP, ModelPool
+
+    demo = app_module.build_demo(ModelPool([]))
+    texts = [getattr(b, "value", None) for b in demo.blocks.values()]
+    assert any(isinstance(t, str) and NO_MODEL_HELP in t for t in texts)
+
+
+def test_cli_help():
+    out = subprocess.run([sys.executable, str(REPO / "app.py"), "--help"], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, env={"PATH": "/usr/bin:/bin", "GRADIO_ANALYTICS_ENABLED": "False",
+                                                     "HOME": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    for flag in ("--host", "--port", "--share", "--models", "--max-file-size"):
+        assert flag in out.stdout
+
+
+def _png(path: str) -> np.ndarray:
+    import cv2
+
+    return cv2.imread(path)

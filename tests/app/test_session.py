@@ -1,0 +1,256 @@
+"""ichdemo.session: the logic behind every app callback, without a UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import ichdemo.predict
+from ichdemo.constants import CLASSES, RESEARCH_NOTICE
+from ichdemo.errors import CorruptInputError, ModelError, UnsupportedInputError
+from ichdemo.quantify import volumes_ml
+from ichdemo.session import (
+    NO_MODEL_HELP,
+    UNTRAINED,
+    ModelPool,
+    PhantomExamples,
+    ScratchFolders,
+    Session,
+    explain_slice,
+    parse_model_list,
+    predict_files,
+)
+
+SMALL_SHAPE = (8, 96, 96)  # the conftest's phantom grid (checked below)
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_models):
+    return ModelPool([tiny_models[k] for k in ("lse", "gap", "gap2", "lse_hl", "lse_nohl")] + ["/no/such/model"])
+
+
+@pytest.fixture(scope="module")
+def analysed(pool, tiny_models, phantom_series, tmp_path_factory):
+    """A session with the phantom loaded and lse + gap run once (shared: tests below only read or re-threshold)."""
+    s = Session(base_dir=str(tmp_path_factory.mktemp("sessions")))
+    s.load_files(phantom_series[0])
+    s.analyze(pool, [tiny_models["lse"], tiny_models["gap"]])
+    yield s
+    s.cleanup()
+
+
+# ------------------------------------------------------------------------------------------------ models
+def test_fixture_grid(phantom_series):
+    assert phantom_series[1].shape == SMALL_SHAPE
+
+
+def test_pool_describes_models_from_their_config(pool, tiny_models):
+    lse, gap, gap2 = (pool.infos[tiny_models[k]] for k in ("lse", "gap", "gap2"))
+    assert (lse.family, lse.input_size, lse.heatmap_size, lse.lse_r) == ("lse_unet", 64, 16, 3.0)
+    assert (gap.family, gap.heatmap_size, gap.lse_r) == ("gap", 2, None)
+    assert UNTRAINED in lse.label and "heatmap 16x16" in lse.label
+    assert gap2.trained and UNTRAINED not in gap2.label  # it has a provenance entry
+    assert "/no/such/model" in pool.errors and "/no/such/model" not in pool.refs
+    assert "could not use `/no/such/model`" in pool.status_markdown()
+    assert pool.find("lse_unet", hloss=False) == [tiny_models["lse_nohl"]]
+    assert pool.find("lse_unet", hloss=True) == [tiny_models["lse_hl"]]
+
+
+def test_default_selection_is_one_lse_and_two_gap(pool, tiny_models):
+    assert pool.default_selection() == [tiny_models["lse"], tiny_models["gap"], tiny_models["gap2"]]
+
+
+def test_models_load_once_per_process(pool, tiny_models):
+    a = pool.get(tiny_models["gap"])
+    assert pool.get(tiny_models["gap"]) is a
+    with pytest.raises(ModelError, match="not available"):
+        pool.get("/no/such/model")
+
+
+def test_no_model_at_all_is_explained(phantom_series, tmp_path):
+    empty = ModelPool([])
+    assert empty.refs == [] and empty.default_selection() == []
+    assert NO_MODEL_HELP in empty.status_markdown() and "ICHDEMO_MODELS" in NO_MODEL_HELP
+    s = Session(base_dir=str(tmp_path))
+    s.load_files(phantom_series[0])  # a series can still be loaded and browsed
+    assert s.overlay(None, 3).shape == SMALL_SHAPE[1:] + (3,)
+    with pytest.raises(UnsupportedInputError, match="No trained model"):
+        s.analyze(empty, [])
+
+
+def test_parse_model_list(pool, tiny_models):
+    assert parse_model_list("lse_tiny, gap_tiny", pool) == [tiny_models["lse"], tiny_models["gap"]]
+    assert parse_model_list([tiny_models["gap2"]], pool) == [tiny_models["gap2"]]
+    assert parse_model_list("", pool) == []
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        parse_model_list("nope", pool)
+
+
+# ------------------------------------------------------------------------------------------------ session
+def test_load_gives_info_and_resets(phantom_series, tmp_path):
+    s = Session(base_dir=str(tmp_path))
+    s.load_files(phantom_series[0])
+    info = s.info_markdown()
+    assert f"{SMALL_SHAPE[0]} slice(s) of {SMALL_SHAPE[2]} x {SMALL_SHAPE[1]} px" in info
+    assert s.clamp_index(99) == SMALL_SHAPE[0] - 1 and s.clamp_index(-3) == 0 and s.clamp_index(None) == 4
+    with pytest.raises(UnsupportedInputError, match="empty upload"):
+        s.load_files([])
+    bad = tmp_path / "scan.dcm"
+    bad.write_text("not a dicom")
+    with pytest.raises(CorruptInputError, match="not a DICOM file"):
+        s.load_files([str(bad)])
+
+
+def test_analyze_runs_each_model_once(analysed, pool, tiny_models, monkeypatch):
+    s = analysed
+    assert set(s.analyses) == {tiny_models["lse"], tiny_models["gap"]}
+    a = s.analyses[tiny_models["lse"]]
+    assert a.probs.shape == (SMALL_SHAPE[0], 5) and a.maps255.shape == (SMALL_SHAPE[0], 5, *SMALL_SHAPE[1:])
+    calls = []
+    monkeypatch.setattr(ichdemo.predict, "analyze", lambda *a, **k: calls.append(1))
+    assert s.analyze(pool, [tiny_models["lse"], tiny_models["gap"]]) == []  # cached: nothing runs
+    assert calls == []
+
+
+def test_thresholds_rethreshold_without_the_network(analysed, tiny_models, monkeypatch):
+    s, ref = analysed, tiny_models["lse"]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the network must not run on a threshold change")
+
+    monkeypatch.setattr(ichdemo.predict, "analyze", boom)
+    monkeypatch.setattr("ichdemo.cam.heatmaps", boom)
+    try:
+        s.set_thresholds(ref, [1.0] * 5, [0] * 5)  # nothing passes the class gate
+        assert s.labels(ref).max() == 0
+        s.set_thresholds(ref, [0.0] * 5, [0] * 5)  # every slice gated on, every positive pixel kept
+        lab = s.labels(ref)
+        a = s.analyses[ref]
+        assert np.array_equal(lab > 0, (a.maps255 > 0).any(1))
+        res = s.results(ref, 2)
+        assert res.volumes_ml == volumes_ml(lab, s.volume.spacing)
+        total = res.rows[-1]
+        assert total[0] == "total" and total[1] == pytest.approx(round(res.volumes_ml["total"], 3))
+        assert len(res.figure.data) == 10
+    finally:
+        s.reset_thresholds(ref)
+    assert s.thresholds[ref] == s.analyses[ref].thresholds
+
+
+def test_views_for_the_current_slice(analysed, tiny_models):
+    s = analysed
+    refs = [tiny_models["lse"], tiny_models["gap"]]
+    base = s.base_rgb(3, "brain")
+    assert np.array_equal(s.overlay(None, 3, "brain"), base)
+    panels = s.heatmap_panels(refs, 3, "brain", opacity=0.5)
+    assert len(panels) == 10
+    assert panels[0][1].startswith("IPH: p=") and "lse_tiny · native 16x16" in panels[0][1]
+    assert "gap_tiny · native 2x2" in panels[5][1]
+    assert panels[0][0].shape == base.shape
+    assert "1. `lse_tiny`: native heatmap 16x16" in s.heatmap_legend(refs)
+    agree, rows = s.agreement(refs, 3)
+    assert agree.shape == base.shape and len(rows) == 1 and rows[0][:2] == ["lse_tiny", "gap_tiny"]
+    assert s.agreement(refs[:1], 3)[1] == []
+
+
+def test_native_grid_shows_blocks(analysed, tiny_models):
+    """The gap model's 2x2 Grad-CAM drawn with nearest neighbour has at most 4 values on the slice."""
+    m = analysed.native_on_source(tiny_models["gap"], 3)
+    assert m.shape == (5, *SMALL_SHAPE[1:]) and m.dtype == np.uint8
+    assert all(len(np.unique(m[k])) <= 4 for k in range(5))
+
+
+def test_mesh_needs_a_series(analysed, tiny_models):
+    fig = analysed.mesh(tiny_models["lse"])
+    assert any(d.name == "head" for d in fig.data)
+
+
+def test_export_zip_is_stamped_and_matches_the_labels(analysed, tiny_models):
+    s, ref = analysed, tiny_models["lse"]
+    s.set_thresholds(ref, [0.0] * 5, [100] * 5)
+    try:
+        path, skipped = s.export(ref, ["nifti"])
+        assert path.parent == s.folder and path.name.startswith("ichdemo-draft-lse_tiny-")
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            draft = zf.read("DRAFT.txt").decode()
+            report = json.loads(zf.read("prediction/report.json"))
+            zf.extract("prediction/labels.nii.gz", s.folder / "check")
+        assert skipped == {}
+        assert any(n.startswith("formats/") for n in names)
+        assert "DRAFT" in draft and RESEARCH_NOTICE in draft and "lse_tiny" in draft
+        assert "mask thresholds (IPH,IVH,SAH,SDH,EDH): 100, 100, 100, 100, 100" in draft
+        assert report["thresholds"]["mask_thresholds"] == [100.0] * 5
+        img = nib.load(s.folder / "check" / "prediction" / "labels.nii.gz")
+        assert np.array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), s.labels(ref))
+    finally:
+        s.reset_thresholds(ref)
+
+
+def test_session_folder_is_private_and_removed(phantom_series, tmp_path):
+    s = Session(base_dir=str(tmp_path))
+    folder = s.folder
+    assert folder.is_dir() and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    token = folder.name.split("-")[2]
+    assert len(token) == 32 and int(token, 16) >= 0  # 128 random bits
+    assert Session(base_dir=str(tmp_path)).folder != folder
+    s.load_files(phantom_series[0])
+    s.cleanup()
+    assert not folder.exists() and s.volume is None
+
+
+def test_scratch_folders_expire(tmp_path):
+    sf = ScratchFolders(max_age_s=0.0, base_dir=str(tmp_path))
+    first = sf.new()
+    second = sf.new()  # the first one is past its (zero) age: removed
+    assert not first.exists() and second.exists()
+    sf.cleanup()
+    assert not second.exists()
+
+
+def test_predict_files_writes_a_label_map_per_model(pool, tiny_models, phantom_series, tmp_path):
+    report, files = predict_files(pool, phantom_series[0], [tiny_models["lse"], tiny_models["gap"]], tmp_path)
+    assert report["notice"] == RESEARCH_NOTICE and set(report["models"]) == {"lse_tiny", "gap_tiny"}
+    assert [f.name for f in files] == ["lse_tiny_labels.nii.gz", "gap_tiny_labels.nii.gz"]
+    lab = np.asarray(nib.load(files[0]).dataobj)
+    assert lab.shape == SMALL_SHAPE[::-1]
+    assert report["models"]["lse_tiny"]["volumes_ml"]["total"] == pytest.approx(
+        volumes_ml(lab.transpose(2, 1, 0), phantom_series[1].spacing)["total"])
+
+
+def test_phantom_examples_are_written_once(tmp_path):
+    ex = PhantomExamples(tmp_path, shape=SMALL_SHAPE)
+    files = ex.files("SDH")
+    assert len(files) == SMALL_SHAPE[0]
+    mtime = files[0].stat().st_mtime_ns
+    assert ex.files("SDH")[0].stat().st_mtime_ns == mtime
+    assert ex.truth("SDH")["volume_ml"]["SDH"] > 0 and ex.truth("SDH")["volume_ml"]["IPH"] == 0
+    with pytest.raises(Exception, match="unknown phantom example"):
+        ex.files("XYZ")
+
+
+def test_explain_slice(pool, tiny_models, analysed):
+    view = explain_slice(pool, analysed.volume, 4, "IPH", tiny_models["gap"], tiny_models["lse"],
+                         r_values=(0.3, 3.0, 30.0))
+    caps = [c for _, c in view.maps]
+    assert "native 2x2 cells" in caps[1] and "native 16x16" in caps[3]
+    assert [c.split(":")[0] for _, c in view.r_maps] == ["r=0.3", "r=3", "r=30"]
+    shares = [float(c.split("hold ")[1].split("%")[0]) for _, c in view.r_maps]
+    assert shares[0] <= shares[1] <= shares[2]  # larger r concentrates LSE's weight
+    assert [c for _, c in view.hloss][0].startswith("with HLoss") and len(view.hloss) == 2
+    assert len(view.steps) == 6 and view.steps[-1][1].startswith("argmax")
+    assert UNTRAINED in view.notes
+    from ichdemo.quantify import Thresholds
+
+    closed = explain_slice(pool, analysed.volume, 4, "IPH", None, tiny_models["lse"],
+                           thresholds=Thresholds(class_thresholds=[1.0] * 5))
+    assert all("gated off" in c for _, c in closed.steps[:5])
+    with pytest.raises(UnsupportedInputError):
+        explain_slice(pool, analysed.volume, 4, "IPH", None, None)
+    assert CLASSES[0] == "IPH"
