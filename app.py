@@ -59,6 +59,8 @@ CSS = """
              font-weight:600;margin:4px 0}
 .ich-legend {font-size:0.9em;padding:2px 0}
 .ich-untrained {color:#b00020;font-weight:600}
+.ich-gallery .grid-wrap {max-height:none !important; min-height:0 !important; height:auto !important}
+#overlay img, #agreement img {width:100%; height:100%; object-fit:contain}
 """
 
 try:  # ZeroGPU Spaces: the network runs inside a GPU slot
@@ -138,8 +140,9 @@ class App:
     # ------------------------------------------------------------------ loading
     def _loaded(self, s: Session) -> tuple:
         n = s.require_volume().shape[0]
-        slider = gr.update(minimum=0, maximum=max(n - 1, 1), value=n // 2, interactive=n > 1,
-                           label=f"Slice (0..{n - 1})")
+        slider = gr.update(
+            minimum=0, maximum=max(n - 1, 1), value=n // 2, interactive=n > 1, label=f"Slice (0..{n - 1})"
+        )
         return s, s.info_markdown(), slider, gr.update(choices=[], value=None), "Series loaded."
 
     @ui_errors
@@ -161,8 +164,13 @@ class App:
 
     # ------------------------------------------------------------------ network
     @ui_errors
-    def analyze(self, state: Session | None, refs: Sequence[str], results_ref: str | None,
-                progress: gr.Progress = gr.Progress()) -> tuple:
+    def analyze(
+        self,
+        state: Session | None,
+        refs: Sequence[str],
+        results_ref: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress idiom
+    ) -> tuple:
         """Run the chosen models not yet run on this series; set the threshold sliders from the results model."""
         s = _session(state)
         refs = _refs(refs)
@@ -171,8 +179,12 @@ class App:
         if not refs:
             msg = NO_MODEL_HELP if not self.pool.refs else "Choose at least one model to analyze."
             return (s, f"**{msg}**", gr.update(choices=[], value=None), *[gr.skip()] * 10)
-        ran = s.analyze(self.pool, refs, lambda f, d: progress(f, desc=d),
-                        runner=lambda _pool, todo, vol, _p: self._gpu_run(todo, vol))
+        ran = s.analyze(
+            self.pool,
+            refs,
+            lambda f, d: progress(f, desc=d),
+            runner=lambda _pool, todo, vol, _p: self._gpu_run(todo, vol),
+        )
         run = [r for r in refs if r in s.analyses]
         choices = [(s.analyses[r].model, r) for r in run]
         target = results_ref if results_ref in run else run[0]
@@ -187,8 +199,17 @@ class App:
 
     # ------------------------------------------------------------------ views
     @ui_errors
-    def render(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float, window: str,
-               mask_opacity: float, heat_opacity: float, native: bool) -> tuple:
+    def render(
+        self,
+        state: Session | None,
+        refs: Sequence[str],
+        results_ref: str | None,
+        index: float,
+        window: str,
+        mask_opacity: float,
+        heat_opacity: float,
+        native: bool,
+    ) -> tuple:
         """Overlay, legend, heatmap panels, agreement and results for the current slice (no network)."""
         s = _session(state)
         if s.volume is None:
@@ -215,10 +236,27 @@ class App:
 
     # ------------------------------------------------------------------ thresholds
     @ui_errors
-    def set_thresholds(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float,
-                       window: str, mask_opacity: float, heat_opacity: float, native: bool,
-                       c_iph: float, c_ivh: float, c_sah: float, c_sdh: float, c_edh: float,
-                       m_iph: float, m_ivh: float, m_sah: float, m_sdh: float, m_edh: float) -> tuple:
+    def set_thresholds(
+        self,
+        state: Session | None,
+        refs: Sequence[str],
+        results_ref: str | None,
+        index: float,
+        window: str,
+        mask_opacity: float,
+        heat_opacity: float,
+        native: bool,
+        c_iph: float,
+        c_ivh: float,
+        c_sah: float,
+        c_sdh: float,
+        c_edh: float,
+        m_iph: float,
+        m_ivh: float,
+        m_sah: float,
+        m_sdh: float,
+        m_edh: float,
+    ) -> tuple:
         """Class thresholds c_* and mask thresholds m_* (IPH, IVH, SAH, SDH, EDH) for the results model:
         re-threshold the cached heatmaps (no network) and render the view again."""
         s = _session(state)
@@ -251,19 +289,48 @@ class App:
         return str(path), note
 
     @ui_errors
-    def teach(self, state: Session | None, index: float, window: str, cls: str, gap_ref: str | None,
-              lse_ref: str | None, r: float) -> tuple:
+    def teach(
+        self,
+        state: Session | None,
+        index: float,
+        window: str,
+        cls: str,
+        gap_ref: str | None,
+        lse_ref: str | None,
+        r: float,
+    ) -> tuple:
         """The Teach tab on the current slice."""
         s = _session(state)
         vol = s.require_volume()
         lse_t = s.thresholds.get(lse_ref) if lse_ref else None
-        view = explain_slice(self.pool, vol, s.clamp_index(index), cls, gap_ref or None, lse_ref or None,
-                             r_values=(0.3, float(r), 30.0), thresholds=lse_t, window=window)
-        hl_note = "" if view.hloss else (
-            "No pair of LSE-UNet checkpoints trained with and without HLoss is configured. Train one with "
-            "`python -m train.train ... --hloss false` and add both folders to `ICHDEMO_MODELS` to compare them.")
-        return (view.maps, view.r_maps, view.r_figure, gr.update(value=view.hloss, visible=bool(view.hloss)), hl_note,
-                view.steps, view.notes)
+        view = explain_slice(
+            self.pool,
+            vol,
+            s.clamp_index(index),
+            cls,
+            gap_ref or None,
+            lse_ref or None,
+            r_values=(0.3, float(r), 30.0),
+            thresholds=lse_t,
+            window=window,
+        )
+        hl_note = (
+            ""
+            if view.hloss
+            else (
+                "No pair of LSE-UNet checkpoints trained with and without HLoss is configured. Train one with "
+                "`python -m train.train ... --hloss false` and add both folders to `ICHDEMO_MODELS` to compare them."
+            )
+        )
+        return (
+            view.maps,
+            view.r_maps,
+            view.r_figure,
+            gr.update(value=view.hloss, visible=bool(view.hloss)),
+            hl_note,
+            view.steps,
+            view.notes,
+        )
 
     @ui_errors
     def predict(self, files: Any, models: str) -> tuple:
@@ -319,15 +386,19 @@ report, label_maps = client.predict([handle_file("series.zip")], "model_name", a
 
 
 def _threshold_sliders() -> tuple[list[gr.Slider], list[gr.Slider]]:
-    gr.Markdown("**Class thresholds c_k**: a subtype is present on a slice when its probability is above c_k. "
-                + ", ".join(f"{c} = {CLASS_NAMES[c].lower()}" for c in CLASSES) + ".")
+    gr.Markdown(
+        "**Class thresholds c_k**: a subtype is present on a slice when its probability is above c_k. "
+        + ", ".join(f"{c} = {CLASS_NAMES[c].lower()}" for c in CLASSES)
+        + "."
+    )
     with gr.Row():
-        cls = [gr.Slider(0.0, 1.0, value=0.5, step=0.01, label=c, elem_id=f"cls-{c}", min_width=150)
-               for c in CLASSES]
+        cls = [gr.Slider(0.0, 1.0, value=0.5, step=0.01, label=c, elem_id=f"cls-{c}", min_width=150) for c in CLASSES]
     gr.Markdown("**Mask thresholds m_k**: where present, pixels whose heatmap (0..255) is above m_k form the mask.")
     with gr.Row():
-        msk = [gr.Slider(0, 255, value=v, step=1, label=c, elem_id=f"mask-{c}", min_width=150)
-               for c, v in zip(CLASSES, PAPER_MASK_THRESHOLDS)]
+        msk = [
+            gr.Slider(0, 255, value=v, step=1, label=c, elem_id=f"mask-{c}", min_width=150)
+            for c, v in zip(CLASSES, PAPER_MASK_THRESHOLDS)
+        ]
     return cls, msk
 
 
@@ -340,20 +411,46 @@ def _examples_list() -> tuple[list[list[list[str]]], list[str]]:
     return [[[str(f)]] for f in files], labels
 
 
+def _gallery(label: str, columns: int, **kwargs: Any) -> gr.Gallery:
+    """A gallery that grows with its rows (CSS class ich-gallery lifts Gradio's max height) and keeps PNG pixels."""
+    return gr.Gallery(
+        label=label,
+        columns=columns,
+        height="auto",
+        format="png",
+        object_fit="contain",
+        preview=False,
+        allow_preview=True,
+        elem_classes="ich-gallery",
+        **kwargs,
+    )
+
+
 def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
-    ui.files = gr.File(label="Upload CT: DICOM files, a .zip, a NIfTI, or PNG/JPG slices", file_count="multiple",
-                       elem_id="upload")
+    ui.files = gr.File(
+        label="Upload CT: DICOM files, a .zip, a NIfTI, or PNG/JPG slices",
+        file_count="multiple",
+        elem_id="upload",
+        height=220,
+    )
     gr.Markdown("**Synthetic phantoms** (one click):")
     with gr.Row():
-        ui.ph_buttons = [gr.Button(name, size="sm", min_width=60, elem_id=f"phantom-{i}")
-                         for i, name in enumerate(PHANTOM_EXAMPLES)]
+        ui.ph_buttons = [
+            gr.Button(name, size="sm", min_width=60, elem_id=f"phantom-{i}") for i, name in enumerate(PHANTOM_EXAMPLES)
+        ]
     ex_files, ex_labels = _examples_list()
     if ex_files:
-        gr.Examples(ex_files, inputs=[ui.files], example_labels=ex_labels, examples_per_page=12,
-                    label="Real CT-ICH slices (CC BY 4.0; Hssayeni et al., PhysioNet)")
+        gr.Examples(
+            ex_files,
+            inputs=[ui.files],
+            example_labels=ex_labels,
+            examples_per_page=12,
+            label="Real CT-ICH slices (CC BY 4.0; Hssayeni et al., PhysioNet)",
+        )
     ui.info = gr.Markdown("No series loaded yet.", elem_id="series-info")
-    ui.models = gr.CheckboxGroup(pool.choices(), value=pool.default_selection(), label="Models to compare",
-                                 elem_id="models")
+    ui.models = gr.CheckboxGroup(
+        pool.choices(), value=pool.default_selection(), label="Models to compare", elem_id="models"
+    )
     ui.analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze")
     ui.status = gr.Markdown(NO_MODEL_HELP if not pool.refs else "", elem_id="status")
 
@@ -361,13 +458,26 @@ def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
 def _viewer_column(ui: SimpleNamespace) -> None:
     with gr.Row():
         ui.index = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice", scale=3)
-        ui.window = gr.Dropdown(list(WINDOWS), value="paper", label="Window", scale=1,
-                                info="display only; models use their own window")
+        ui.window = gr.Dropdown(
+            list(WINDOWS), value="paper", label="Window", scale=1, info="display only; models use their own window"
+        )
     with gr.Row():
-        ui.overlay = gr.Image(label="Subtype mask (results model)", format="png", interactive=False, height=440,
-                              elem_id="overlay", buttons=["download", "fullscreen"])
-        ui.agree = gr.Image(label="Agreement between the chosen models", format="png", height=440,
-                            interactive=False, elem_id="agreement", buttons=["fullscreen"])
+        ui.overlay = gr.Image(
+            label="Subtype mask (results model)",
+            format="png",
+            interactive=False,
+            height=440,
+            elem_id="overlay",
+            buttons=["download", "fullscreen"],
+        )
+        ui.agree = gr.Image(
+            label="Agreement between the chosen models",
+            format="png",
+            height=440,
+            interactive=False,
+            elem_id="agreement",
+            buttons=["fullscreen"],
+        )
     ui.legend = gr.HTML(legend_html(), elem_id="legend")
     gr.HTML(agreement_legend_html())
     with gr.Row():
@@ -377,21 +487,29 @@ def _viewer_column(ui: SimpleNamespace) -> None:
 
 def _heatmap_section(ui: SimpleNamespace) -> None:
     gr.Markdown("### Heatmaps: every chosen model, every subtype, this slice")
-    ui.native = gr.Checkbox(False, label="Show the native heatmap grid (nearest neighbour) instead of the smooth "
-                                         "map that Algorithm 1 thresholds")
+    ui.native = gr.Checkbox(
+        False,
+        label="Show the native heatmap grid (nearest neighbour) instead of the smooth map that Algorithm 1 thresholds",
+    )
     ui.heat_rows = gr.Markdown(elem_id="heatmap-rows")
-    ui.gallery = gr.Gallery(label="Heatmaps", columns=5, height="auto", format="png", elem_id="heatmaps",
-                            object_fit="contain", preview=False, allow_preview=True)
-    ui.agree_table = gr.Dataframe(headers=AGREEMENT_HEADERS, label="Agreement over the series (pairs of models)",
-                                  interactive=False, elem_id="agreement-table")
+    ui.gallery = _gallery("Heatmaps", 5, elem_id="heatmaps")
+    ui.agree_table = gr.Dataframe(
+        headers=AGREEMENT_HEADERS,
+        label="Agreement over the series (pairs of models)",
+        interactive=False,
+        elem_id="agreement-table",
+    )
 
 
 def _threshold_section(ui: SimpleNamespace) -> None:
-    gr.Markdown("### Thresholds\nMoving a slider re-thresholds the cached heatmaps (Algorithm 1); the network does "
-                "not run again. They apply to the results model; each model keeps its own.")
+    gr.Markdown(
+        "### Thresholds\nMoving a slider re-thresholds the cached heatmaps (Algorithm 1); the network does "
+        "not run again. They apply to the results model; each model keeps its own."
+    )
     with gr.Row():
-        ui.results_ref = gr.Dropdown([], value=None, label="Results model (overlay, curves, volumes, export)",
-                                     elem_id="results-model", scale=3)
+        ui.results_ref = gr.Dropdown(
+            [], value=None, label="Results model (overlay, curves, volumes, export)", elem_id="results-model", scale=3
+        )
         ui.reset_btn = gr.Button("Reset to calibrated", scale=1, elem_id="reset")
     ui.cls_sliders, ui.mask_sliders = _threshold_sliders()
 
@@ -401,10 +519,13 @@ def _results_section(ui: SimpleNamespace) -> None:
     with gr.Row():
         ui.curves = gr.Plot(label="Slice probabilities", elem_id="curves")
         with gr.Column():
-            ui.table = gr.Dataframe(headers=VOLUME_HEADERS, label="Volumes (mask) beside ABC/2", interactive=False,
-                                    elem_id="volumes")
-            gr.Markdown("Volume = voxels x voxel volume. ABC/2 = bedside ellipsoid estimate on the same mask "
-                        "(A: longest diameter, B: perpendicular to A, C: slices x thickness).")
+            ui.table = gr.Dataframe(
+                headers=VOLUME_HEADERS, label="Volumes (mask) beside ABC/2", interactive=False, elem_id="volumes"
+            )
+            gr.Markdown(
+                "Volume = voxels x voxel volume. ABC/2 = bedside ellipsoid estimate on the same mask "
+                "(A: longest diameter, B: perpendicular to A, C: slices x thickness)."
+            )
     ui.plot3d = gr.Plot(label="3D view of the masks (series)", elem_id="view3d")
     ui.update3d = gr.Button("Update 3D view", size="sm")
 
@@ -413,17 +534,28 @@ def _export_section(ui: SimpleNamespace, pool: ModelPool) -> None:
     gr.Markdown("### Export draft masks for annotators")
     gr.HTML(NOTICE_HTML)
     with gr.Row():
-        ui.formats = gr.CheckboxGroup(available_export_formats(), value=[], scale=3, elem_id="formats",
-                                      label="Formats for annotation tools (labels.nii.gz + report.json always)")
+        ui.formats = gr.CheckboxGroup(
+            available_export_formats(),
+            value=[],
+            scale=3,
+            elem_id="formats",
+            label="Formats for annotation tools (labels.nii.gz + report.json always)",
+        )
         ui.export_btn = gr.Button("Export draft", scale=1, elem_id="export")
-    ui.export_file = gr.File(label="Draft (zip, stamped with model, version and thresholds)", elem_id="export-file",
-                             interactive=False)
+    ui.export_file = gr.File(
+        label="Draft (zip, stamped with model, version and thresholds)",
+        elem_id="export-file",
+        interactive=False,
+        height=90,
+    )
     ui.export_note = gr.Markdown(elem_id="export-note")
     with gr.Accordion("Quick predict (also the /predict API for gradio_client)", open=False):
         ui.api_files = gr.File(label="Files", file_count="multiple")
         default = pool.default_selection()[:1]
-        ui.api_models = gr.Textbox(label="Model names, comma-separated (empty: the default model)",
-                                   value=",".join(pool.infos[r].name for r in default))
+        ui.api_models = gr.Textbox(
+            label="Model names, comma-separated (empty: the default model)",
+            value=",".join(pool.infos[r].name for r in default),
+        )
         ui.api_btn = gr.Button("Predict")
         ui.api_report = gr.JSON(label="Report")
         ui.api_labels = gr.File(label="Label maps (NIfTI, one per model)", file_count="multiple")
@@ -435,23 +567,24 @@ def _teach_tab(ui: SimpleNamespace, pool: ModelPool) -> None:
     gr.Markdown(TEACH_INTRO)
     with gr.Row():
         ui.t_cls = gr.Dropdown(list(CLASSES), value="IPH", label="Subtype")
-        ui.t_gap = gr.Dropdown([(pool.infos[r].label, r) for r in gap_refs], value=(gap_refs or [None])[0],
-                               label="Grad-CAM baseline (gap)")
-        ui.t_lse = gr.Dropdown([(pool.infos[r].label, r) for r in lse_refs], value=(lse_refs or [None])[0],
-                               label="LSE-UNet")
+        ui.t_gap = gr.Dropdown(
+            [(pool.infos[r].label, r) for r in gap_refs], value=(gap_refs or [None])[0], label="Grad-CAM baseline (gap)"
+        )
+        ui.t_lse = gr.Dropdown(
+            [(pool.infos[r].label, r) for r in lse_refs], value=(lse_refs or [None])[0], label="LSE-UNet"
+        )
         ui.t_r = gr.Slider(0.1, 50, value=3.0, step=0.1, label="LSE sharpness r to compare")
     ui.teach_btn = gr.Button("Explain the current slice of the Analyze tab", variant="primary", elem_id="teach")
-    ui.t_maps = gr.Gallery(label="Grad-CAM at its native grid vs the LSE-UNet map", columns=4, format="png",
-                           preview=False, elem_id="teach-maps")
+    ui.t_maps = _gallery("Grad-CAM at its native grid vs the LSE-UNet map", 4, elem_id="teach-maps")
     gr.Markdown("#### The effect of r: pixel weights softmax(r f0) of LSE pooling")
     with gr.Row():
-        ui.t_rmaps = gr.Gallery(label="Weights for small, chosen and large r", columns=3, format="png", preview=False)
+        ui.t_rmaps = _gallery("Weights for small, chosen and large r", 3)
         ui.t_rplot = gr.Plot(label="Pooled value and probability vs r")
     gr.Markdown("#### With and without HLoss")
-    ui.t_hloss = gr.Gallery(label="f0 with / without HLoss", columns=2, format="png", preview=False, visible=False)
+    ui.t_hloss = _gallery("f0 with / without HLoss", 2, visible=False)
     ui.t_hnote = gr.Markdown()
     gr.Markdown("#### Algorithm 1 step by step (LSE-UNet, its current thresholds)")
-    ui.t_steps = gr.Gallery(label="Gate, threshold, argmax", columns=6, format="png", preview=False)
+    ui.t_steps = _gallery("Gate, threshold, argmax", 6)
     ui.t_notes = gr.Markdown()
 
 
@@ -488,38 +621,73 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
     view_out = [ui.overlay, ui.legend, ui.gallery, ui.heat_rows, ui.agree, ui.agree_table, ui.curves, ui.table]
     load_out = [ui.state, ui.info, ui.index, ui.results_ref, ui.status]
     net = {"concurrency_id": "network", "concurrency_limit": 1}
-    analyze = {"fn": app.analyze, "inputs": [ui.state, ui.models, ui.results_ref],
-               "outputs": [ui.state, ui.status, ui.results_ref, *sliders], **net}
+    analyze = {
+        "fn": app.analyze,
+        "inputs": [ui.state, ui.models, ui.results_ref],
+        "outputs": [ui.state, ui.status, ui.results_ref, *sliders],
+        **net,
+    }
     private = _private_names()
 
     def then_view(event: Any, step: str = "success") -> None:
         getattr(event, step)(app.render, view_in, view_out, **private()).then(
-            app.render_3d, [ui.state, ui.results_ref], ui.plot3d, **private())
+            app.render_3d, [ui.state, ui.results_ref], ui.plot3d, **private()
+        )
 
     # public endpoints
     then_view(ui.analyze_btn.click(**analyze, api_name="analyze"))
-    gr.on([ui.index.input, ui.window.change, ui.mask_opacity.release, ui.heat_opacity.release, ui.native.change],
-          app.render, view_in, view_out, api_name="render", trigger_mode="always_last", show_progress="hidden")
-    gr.on([s.input for s in sliders], app.set_thresholds, [*view_in, *sliders], [ui.state, *view_out],
-          api_name="set_thresholds", trigger_mode="always_last", show_progress="hidden")
-    then_view(ui.reset_btn.click(app.reset_thresholds, [ui.state, ui.results_ref], [ui.state, *sliders],
-                                 api_name="reset_thresholds"), "then")
+    gr.on(
+        [ui.index.input, ui.window.change, ui.mask_opacity.release, ui.heat_opacity.release, ui.native.change],
+        app.render,
+        view_in,
+        view_out,
+        api_name="render",
+        trigger_mode="always_last",
+        show_progress="hidden",
+    )
+    gr.on(
+        [s.input for s in sliders],
+        app.set_thresholds,
+        [*view_in, *sliders],
+        [ui.state, *view_out],
+        api_name="set_thresholds",
+        trigger_mode="always_last",
+        show_progress="hidden",
+    )
+    then_view(
+        ui.reset_btn.click(
+            app.reset_thresholds, [ui.state, ui.results_ref], [ui.state, *sliders], api_name="reset_thresholds"
+        ),
+        "then",
+    )
     ui.update3d.click(app.render_3d, [ui.state, ui.results_ref], ui.plot3d, api_name="view_3d")
-    ui.export_btn.click(app.export, [ui.state, ui.results_ref, ui.formats], [ui.export_file, ui.export_note],
-                        api_name="export")
-    ui.teach_btn.click(app.teach, [ui.state, ui.index, ui.window, ui.t_cls, ui.t_gap, ui.t_lse, ui.t_r],
-                       [ui.t_maps, ui.t_rmaps, ui.t_rplot, ui.t_hloss, ui.t_hnote, ui.t_steps, ui.t_notes],
-                       api_name="teach", **net)
-    ui.api_btn.click(app.predict, [ui.api_files, ui.api_models], [ui.api_report, ui.api_labels], api_name="predict",
-                     **net)
+    ui.export_btn.click(
+        app.export, [ui.state, ui.results_ref, ui.formats], [ui.export_file, ui.export_note], api_name="export"
+    )
+    ui.teach_btn.click(
+        app.teach,
+        [ui.state, ui.index, ui.window, ui.t_cls, ui.t_gap, ui.t_lse, ui.t_r],
+        [ui.t_maps, ui.t_rmaps, ui.t_rplot, ui.t_hloss, ui.t_hnote, ui.t_steps, ui.t_notes],
+        api_name="teach",
+        **net,
+    )
+    ui.api_btn.click(
+        app.predict, [ui.api_files, ui.api_models], [ui.api_report, ui.api_labels], api_name="predict", **net
+    )
     load = ui.files.change(app.load_files, [ui.files, ui.state], load_out, api_name="load")
     # chained and UI-only steps
     then_view(load.success(**analyze, **private()))
     for btn in ui.ph_buttons:
         then_view(btn.click(app.load_phantom, [btn, ui.state], load_out, **private()).success(**analyze, **private()))
     then_view(ui.results_ref.input(app.pick_results_model, [ui.state, ui.results_ref], sliders, **private()), "then")
-    gr.on([s.release for s in sliders], app.render_3d, [ui.state, ui.results_ref], ui.plot3d,
-          trigger_mode="always_last", **private())
+    gr.on(
+        [s.release for s in sliders],
+        app.render_3d,
+        [ui.state, ui.results_ref],
+        ui.plot3d,
+        trigger_mode="always_last",
+        **private(),
+    )
 
 
 def _private_names() -> Callable[[], dict[str, str]]:
@@ -556,13 +724,19 @@ demo = build_demo()
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="ichdemo web app (research use only, not for diagnosis).")
-    p.add_argument("--host", default=None,
-                   help="interface to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument(
+        "--host",
+        default=None,
+        help="interface to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1; 0.0.0.0 for all)",
+    )
     p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
-    p.add_argument("--models", default=None,
-                   help="comma-separated model references (bundled names, folders, hf://owner/repo@rev); "
-                        "default: $ICHDEMO_MODELS, $ICHDEMO_MODELS_FILE, else checkpoints/")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated model references (bundled names, folders, hf://owner/repo@rev); "
+        "default: $ICHDEMO_MODELS, $ICHDEMO_MODELS_FILE, else checkpoints/",
+    )
     p.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="largest upload per file, e.g. 500mb (default 1gb)")
     p.add_argument("--no-warm", action="store_true", help="do not pre-generate the phantom examples at start-up")
     return p.parse_args(argv)
@@ -576,8 +750,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         demo = build_demo(ModelPool([r.strip() for r in args.models.split(",") if r.strip()]))
     if not args.no_warm:
         demo.ichdemo_app.phantoms.warm()
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                **launch_options(args.max_file_size))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(args.max_file_size))
 
 
 if __name__ == "__main__":

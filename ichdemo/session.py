@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import shutil
 import tempfile
@@ -45,6 +46,7 @@ from ichdemo.quantify import Thresholds, abc2_ml, algorithm1, scale_heatmaps, vo
 from ichdemo.transforms import ResizeSpec
 from ichdemo.volume import Volume
 
+log = logging.getLogger(__name__)
 UNTRAINED = "UNTRAINED — heatmaps are meaningless"
 NO_MODEL_HELP = (
     "No trained model is available. Add one: put a checkpoint folder (config.json + model.safetensors) under "
@@ -98,9 +100,17 @@ def read_model_info(ref: str) -> ModelInfo:
     train_cfg = prov.get("config") if isinstance(prov, dict) else None
     hloss = train_cfg.get("hloss") if isinstance(train_cfg, dict) and family == "lse_unet" else None
     lse_r = (cfg.get("model_args") or {}).get("lse_r", 3.0) if family == "lse_unet" else None
-    return ModelInfo(str(ref), found.name, family, bool(prov), size, max(1, size // stride),
-                     None if lse_r is None else float(lse_r), None if hloss is None else bool(hloss),
-                     str(cfg.get("version", "unversioned")))
+    return ModelInfo(
+        str(ref),
+        found.name,
+        family,
+        bool(prov),
+        size,
+        max(1, size // stride),
+        None if lse_r is None else float(lse_r),
+        None if hloss is None else bool(hloss),
+        str(cfg.get("version", "unversioned")),
+    )
 
 
 class ModelPool:
@@ -176,8 +186,11 @@ class ModelPool:
         if not self.infos:
             lines = [f"**{NO_MODEL_HELP}**"]
         else:
-            lines = [f"- `{i.name}` ({i.family}, input {i.input_size} px, native heatmap {i.heatmap_size}x"
-                     f"{i.heatmap_size})" + ("" if i.trained else f" — **{UNTRAINED}**") for i in self.infos.values()]
+            lines = [
+                f"- `{i.name}` ({i.family}, input {i.input_size} px, native heatmap {i.heatmap_size}x"
+                f"{i.heatmap_size})" + ("" if i.trained else f" — **{UNTRAINED}**")
+                for i in self.infos.values()
+            ]
         lines += [f"- could not use `{ref}`: {msg}" for ref, msg in self.errors.items()]
         return "\n".join(lines)
 
@@ -249,8 +262,8 @@ class PhantomExamples:
             for name in PHANTOM_EXAMPLES:
                 try:
                     self.files(name)
-                except Exception:  # noqa: BLE001 - a failed warm-up is retried, and reported, on the click
-                    pass
+                except Exception as err:  # noqa: BLE001 - a failed warm-up is retried, and reported, on the click
+                    log.warning("phantom example %s not pre-generated: %s", name, err)
 
         t = threading.Thread(target=run, name="ichdemo-phantoms", daemon=True)
         t.start()
@@ -288,6 +301,7 @@ class Session:
     thresholds: dict[str, Thresholds] = field(default_factory=dict)
     base_dir: str | None = None
     _labels: dict[str, tuple[Thresholds, np.ndarray]] = field(default_factory=dict, repr=False)
+    _memo: dict[tuple, Any] = field(default_factory=dict, repr=False)  # series-wide numbers per thresholds
     _folder: Path | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ files
@@ -308,6 +322,7 @@ class Session:
         self.analyses.clear()
         self.thresholds.clear()
         self._labels.clear()
+        self._memo.clear()
 
     # ------------------------------------------------------------------ input
     def load_files(self, paths: str | Path | Sequence[str | Path]) -> Volume:
@@ -328,6 +343,7 @@ class Session:
         self.analyses.clear()
         self.thresholds.clear()
         self._labels.clear()
+        self._memo.clear()
         return volume
 
     def require_volume(self) -> Volume:
@@ -353,7 +369,7 @@ class Session:
     def clamp_index(self, index: Any) -> int:
         vol = self.require_volume()
         try:
-            i = int(round(float(index)))
+            i = round(float(index))
         except (TypeError, ValueError):
             i = vol.shape[0] // 2
         return int(np.clip(i, 0, vol.shape[0] - 1))
@@ -394,11 +410,14 @@ class Session:
         return self.analyses[ref]
 
     # ------------------------------------------------------------------ thresholds
-    def set_thresholds(self, ref: str, class_thresholds: Sequence[float], mask_thresholds: Sequence[float]) -> Thresholds:
+    def set_thresholds(
+        self, ref: str, class_thresholds: Sequence[float], mask_thresholds: Sequence[float]
+    ) -> Thresholds:
         """Set a model's thresholds (validated; the heatmap scale stays the model's). No network."""
         a = self.require_analysis(ref)
         t = self.thresholds.get(ref, a.thresholds).replace(
-            class_thresholds=list(class_thresholds), mask_thresholds=list(mask_thresholds))
+            class_thresholds=list(class_thresholds), mask_thresholds=list(mask_thresholds)
+        )
         self.thresholds[ref] = t
         return t
 
@@ -487,7 +506,16 @@ class Session:
             return base, []
         labs = {name: self.labels(r) for name, r in zip(self.display_names(run), run)}
         codes = viz.agreement_codes([lab[i] for lab in labs.values()])
-        return viz.agreement_overlay(base, codes), viz.agreement_rows(labs)
+        key = ("agreement", *((r, self.thresholds.get(r)) for r in run))
+        return viz.agreement_overlay(base, codes), self._remember(key, lambda: viz.agreement_rows(labs))
+
+    def _remember(self, key: tuple, compute: Callable[[], Any], limit: int = 64) -> Any:
+        """Series-wide numbers (volumes, agreement) computed once per thresholds, not on every slice move."""
+        if key not in self._memo:
+            if len(self._memo) >= limit:
+                self._memo.clear()
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def display_names(self, refs: Sequence[str]) -> list[str]:
         """Model names for tables, the reference itself where two models share a name."""
@@ -500,12 +528,17 @@ class Session:
         vol = self.require_volume()
         lab = self.labels(ref)
         t = self.thresholds.get(ref, a.thresholds)
-        ml, abc = volumes_ml(lab, vol.spacing), abc2_ml(lab, vol.spacing)
-        present = [c for k, c in enumerate(CLASSES) if (lab == k + 1).any()]
+
+        def compute() -> tuple:
+            ml, abc = volumes_ml(lab, vol.spacing), abc2_ml(lab, vol.spacing)
+            return ml, abc, viz.volume_rows(ml, abc, lab), [c for c in CLASSES if ml[c] > 0]
+
+        ml, abc, rows, present = self._remember(("volumes", ref, t), compute)
         title = f"{a.model}: slice probabilities (dashed: class thresholds)"
-        fig = viz.probability_figure(a.probs, t.class_thresholds, None if index is None else self.clamp_index(index),
-                                     title)
-        return ResultsView(fig, viz.volume_rows(ml, abc, lab), viz.legend_html(ml, present), ml, abc)
+        fig = viz.probability_figure(
+            a.probs, t.class_thresholds, None if index is None else self.clamp_index(index), title
+        )
+        return ResultsView(fig, rows, viz.legend_html(ml, present), ml, abc)
 
     def mesh(self, ref: str):
         """3D figure of a model's masks (with the head outline) for a series."""
@@ -585,23 +618,27 @@ def export_formats_into(
 
 def draft_stamp(model_info: dict, t: Thresholds, formats: Sequence[str], skipped: dict[str, str] | None = None) -> str:
     """The text of DRAFT.txt: what produced these masks and that they are drafts."""
-    return "\n".join([
-        "DRAFT MASKS FOR ANNOTATION - NOT REVIEWED",
-        RESEARCH_NOTICE,
-        "",
-        f"ichdemo version: {__version__}",
-        f"created: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
-        f"model: {model_info.get('name')} ({model_info.get('family')}, version {model_info.get('version')}, "
-        f"weights sha256 {model_info.get('weights_sha256')}, trained: {model_info.get('trained')})",
-        f"class thresholds ({','.join(CLASSES)}): {', '.join(f'{v:g}' for v in t.class_thresholds)}",
-        f"mask thresholds ({','.join(CLASSES)}): {', '.join(f'{v:g}' for v in t.mask_thresholds)}",
-        f"heatmap scale: {t.scale_mode}",
-        "label values: 0 normal, " + ", ".join(f"{k + 1} {c}" for k, c in enumerate(CLASSES)),
-        "formats: prediction/ (labels.nii.gz, heatmaps.npz, report.json)"
-        + (f", formats/ ({', '.join(formats)})" if formats else ""),
-        *[f"skipped {k}: {v}" for k, v in (skipped or {}).items()],
-        "",
-    ])
+    return "\n".join(
+        [
+            "DRAFT MASKS FOR ANNOTATION - NOT REVIEWED",
+            RESEARCH_NOTICE,
+            "",
+            f"ichdemo version: {__version__}",
+            f"created: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
+            (
+                f"model: {model_info.get('name')} ({model_info.get('family')}, version {model_info.get('version')}, "
+                f"weights sha256 {model_info.get('weights_sha256')}, trained: {model_info.get('trained')})"
+            ),
+            f"class thresholds ({','.join(CLASSES)}): {', '.join(f'{v:g}' for v in t.class_thresholds)}",
+            f"mask thresholds ({','.join(CLASSES)}): {', '.join(f'{v:g}' for v in t.mask_thresholds)}",
+            f"heatmap scale: {t.scale_mode}",
+            "label values: 0 normal, " + ", ".join(f"{k + 1} {c}" for k, c in enumerate(CLASSES)),
+            "formats: prediction/ (labels.nii.gz, heatmaps.npz, report.json)"
+            + (f", formats/ ({', '.join(formats)})" if formats else ""),
+            *[f"skipped {k}: {v}" for k, v in (skipped or {}).items()],
+            "",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------------- API
@@ -638,7 +675,9 @@ class ScratchFolders:
         self.sweep(0.0)
 
 
-def predict_files(pool: ModelPool, paths: Sequence[str | Path], refs: Sequence[str], out_dir: str | Path) -> tuple[dict, list[Path]]:
+def predict_files(
+    pool: ModelPool, paths: Sequence[str | Path], refs: Sequence[str], out_dir: str | Path
+) -> tuple[dict, list[Path]]:
     """Stateless prediction for scripts: load, run each model, write outputs. Returns (report, label map files).
 
     The report is ``{"notice", "ichdemo_version", "models": {name: Analysis.report}}``; one
@@ -766,24 +805,40 @@ def explain_slice(
         p, raw, spec = _run_one(lm, volume, index)
         n = raw.shape[-1]
         m255 = _to255(raw[k])
-        maps.append((viz.heatmap_overlay(base, _on_source(spec, m255, True), 0.6),
-                     f"Grad-CAM {lm.name}: native {n}x{n} cells (p={p[k]:.2f})"))
-        maps.append((viz.heatmap_overlay(base, _on_source(spec, m255, False), 0.6),
-                     "same map, bilinear upsampling to the slice"))
-        notes.append(f"**Grad-CAM ({lm.name})**: {n}x{n} native map; each cell covers "
-                     f"{lm.input_size // n} x {lm.input_size // n} model pixels.")
+        maps.append(
+            (
+                viz.heatmap_overlay(base, _on_source(spec, m255, True), 0.6),
+                f"Grad-CAM native {n}x{n} cells, p={p[k]:.2f} ({lm.name})",
+            )
+        )
+        maps.append(
+            (
+                viz.heatmap_overlay(base, _on_source(spec, m255, False), 0.6),
+                "Grad-CAM upsampled (bilinear) to the slice",
+            )
+        )
+        notes.append(
+            f"**Grad-CAM ({lm.name})**: {n}x{n} native map; each cell covers "
+            f"{lm.input_size // n} x {lm.input_size // n} model pixels."
+        )
     if lse_ref:
         lm = pool.get(lse_ref)
         p, f0, spec = _run_one(lm, volume, index)
         n = f0.shape[-1]
         model_r = float(lm.model.lse_r)
-        maps.append((viz.heatmap_overlay(base, _on_source(spec, _to255(f0[k]), True), 0.6),
-                     f"LSE-UNet {lm.name}: f0 at native {n}x{n} (p={p[k]:.2f})"))
+        maps.append(
+            (
+                viz.heatmap_overlay(base, _on_source(spec, _to255(f0[k]), True), 0.6),
+                f"LSE-UNet f0 native {n}x{n}, p={p[k]:.2f} ({lm.name})",
+            )
+        )
         r_maps, r_fig = _r_effect(base, spec, f0[k], r_values, model_r, getattr(lm.model, "lse_mean", True), cls)
         steps = _algorithm1_steps(base, spec, p, f0, thresholds or lm.thresholds)
         hl = _hloss_pair(pool, volume, index, k, base)
-        notes.append(f"**LSE-UNet ({lm.name})**: heatmap f0 at {n}x{n}, r = {model_r:g}; "
-                     f"p({cls}) = sigmoid(LSE_r(f0)) = {p[k]:.3f}.")
+        notes.append(
+            f"**LSE-UNet ({lm.name})**: heatmap f0 at {n}x{n}, r = {model_r:g}; "
+            f"p({cls}) = sigmoid(LSE_r(f0)) = {p[k]:.3f}."
+        )
     info = pool.infos.get(lse_ref or gap_ref)
     if info is not None and not info.trained:
         notes.append(f"⚠ {UNTRAINED}: these pictures only show the mechanics.")
@@ -793,12 +848,16 @@ def explain_slice(
 def _r_effect(base, spec, f: np.ndarray, r_values, model_r: float, mean: bool, cls: str):
     """Weight maps softmax(r f) for a few r, captioned with how concentrated they are, and the pooling curve."""
     out = []
-    top = max(1, int(round(f.size * 0.01)))
+    top = max(1, round(f.size * 0.01))
     for r in r_values:
         w = viz.lse_weights(f, r)
         share = float(np.sort(w.ravel())[::-1][:top].sum())
-        out.append((viz.heatmap_overlay(base, _on_source(spec, _to255(w), True), 0.6),
-                    f"r={r:g}: top 1% of cells hold {share:.0%} of the weight"))
+        out.append(
+            (
+                viz.heatmap_overlay(base, _on_source(spec, _to255(w), True), 0.6),
+                f"r={r:g}: top 1% of cells hold {share:.0%}",
+            )
+        )
     return out, viz.lse_curve_figure(f, model_r, mean, cls)
 
 
@@ -813,10 +872,13 @@ def _algorithm1_steps(base, spec, probs: np.ndarray, f0: np.ndarray, t: Threshol
         gate = probs[k] > t.class_thresholds[k]
         above = src[k] > t.mask_thresholds[k]
         lab = np.where(above & gate, k + 1, 0).astype(np.uint8)
-        cap = (f"{c}: p={probs[k]:.2f} {'>' if gate else '<='} c={t.class_thresholds[k]:.2f} -> "
-               + (f"{int(above.sum())} px above m={t.mask_thresholds[k]:g}" if gate else "gated off"))
+        cap = (
+            f"{c}: {int((above & gate).sum())} px (p={probs[k]:.2f} > c, map > m={t.mask_thresholds[k]:g})"
+            if gate
+            else f"{c}: gated off (p={probs[k]:.2f} <= c={t.class_thresholds[k]:.2f})"
+        )
         out.append((viz.label_overlay(base, lab, 0.5), cap))
-    out.append((viz.label_overlay(base, labels, 0.5), "argmax over (normal, 5 subtypes): the label map"))
+    out.append((viz.label_overlay(base, labels, 0.5), "label map: argmax over normal + 5 subtypes"))
     return out
 
 
@@ -829,6 +891,7 @@ def _hloss_pair(pool: ModelPool, volume: Volume, index: int, k: int, base) -> li
     for ref, what in ((with_h[0], "with HLoss"), (without[0], "without HLoss")):
         lm = pool.get(ref)
         p, f0, spec = _run_one(lm, volume, index)
-        out.append((viz.heatmap_overlay(base, _on_source(spec, _to255(f0[k]), True), 0.6),
-                    f"{what}: {lm.name} (p={p[k]:.2f})"))
+        out.append(
+            (viz.heatmap_overlay(base, _on_source(spec, _to255(f0[k]), True), 0.6), f"{what}: {lm.name} (p={p[k]:.2f})")
+        )
     return out

@@ -116,23 +116,6 @@ def legend_html(volumes_ml: Mapping[str, float] | None = None, present: Sequence
     return '<div class="ich-legend">' + "".join(items) + "</div>"
 
 
-def put_caption(img: np.ndarray, text: str, scale: float | None = None) -> np.ndarray:
-    """A copy of ``img`` with ``text`` in white on a dark band along the top (ASCII only; for exported pictures)."""
-    out = img.copy()
-    h, w = out.shape[:2]
-    scale = scale or max(0.35, min(1.0, w / 700))
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    band = th + base + 6
-    out[:band] = (out[:band].astype(np.float32) * 0.35).astype(np.uint8)
-    cv2.putText(out, text, (4, th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
-
-
-def nearest_resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize (h, w[, 3]) to ``shape`` (rows, cols) with nearest neighbour: shows a coarse map's true pixels."""
-    return cv2.resize(np.ascontiguousarray(img), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-
-
 # ----------------------------------------------------------------------------------------------- agreement
 def agreement_codes(label_maps: Sequence[np.ndarray]) -> np.ndarray:
     """Per-pixel agreement of several models' label maps of one slice (or series).
@@ -167,11 +150,15 @@ def agreement_overlay(base: np.ndarray, codes: np.ndarray, opacity: float = 0.55
 
 def agreement_legend_html() -> str:
     """HTML legend of the agreement colours."""
-    return '<div class="ich-legend">' + "".join(
-        f'<span style="margin-right:14px"><span style="display:inline-block;width:12px;height:12px;'
-        f'background:{_hex(rgb)};border:1px solid #444;margin-right:4px;vertical-align:middle"></span>{text}</span>'
-        for text, rgb in AGREEMENT_CODES.values()
-    ) + "</div>"
+    return (
+        '<div class="ich-legend">'
+        + "".join(
+            f'<span style="margin-right:14px"><span style="display:inline-block;width:12px;height:12px;'
+            f'background:{_hex(rgb)};border:1px solid #444;margin-right:4px;vertical-align:middle"></span>{text}</span>'
+            for text, rgb in AGREEMENT_CODES.values()
+        )
+        + "</div>"
+    )
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -192,8 +179,9 @@ def agreement_rows(label_maps: Mapping[str, np.ndarray]) -> list[list]:
             any_d = dice(la > 0, lb > 0)
             per = [dice(la == k, lb == k) for k in range(1, len(CLASSES) + 1)]
             per = [d for d in per if d is not None]
-            rows.append([a, b, _round(any_d), _round(float(np.mean(per)) if per else None),
-                         round(float((la == lb).mean()), 4)])
+            rows.append(
+                [a, b, _round(any_d), _round(float(np.mean(per)) if per else None), round(float((la == lb).mean()), 4)]
+            )
     return rows
 
 
@@ -205,8 +193,9 @@ def _round(v: float | None, nd: int = 3) -> float | None:
 def _empty_figure(message: str, height: int = 320) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
-    fig.update_layout(height=height, xaxis={"visible": False}, yaxis={"visible": False},
-                      margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    fig.update_layout(
+        height=height, xaxis={"visible": False}, yaxis={"visible": False}, margin={"l": 10, "r": 10, "t": 30, "b": 10}
+    )
     return fig
 
 
@@ -230,26 +219,53 @@ def probability_figure(
     fig = go.Figure()
     if probs.shape[0] == 1:  # one slice: bars with the thresholds as markers
         colors = [_hex(CLASS_COLORS[c]) for c in CLASSES]
-        fig.add_bar(x=list(CLASSES), y=probs[0], marker_color=colors, name="probability",
-                    hovertemplate="%{x}: %{y:.3f}<extra></extra>")
-        fig.add_scatter(x=list(CLASSES), y=list(class_thresholds), mode="markers", name="class threshold",
-                        marker={"symbol": "line-ew-open", "size": 34, "color": "black", "line": {"width": 3}})
+        fig.add_bar(
+            x=list(CLASSES),
+            y=probs[0],
+            marker_color=colors,
+            name="probability",
+            hovertemplate="%{x}: %{y:.3f}<extra></extra>",
+        )
+        fig.add_scatter(
+            x=list(CLASSES),
+            y=list(class_thresholds),
+            mode="markers",
+            name="class threshold",
+            marker={"symbol": "line-ew-open", "size": 34, "color": "black", "line": {"width": 3}},
+        )
         fig.update_layout(xaxis_title="subtype")
     else:
         x = np.arange(probs.shape[0])
         for k, c in enumerate(CLASSES):
             color = _hex(CLASS_COLORS[c])
-            fig.add_scatter(x=x, y=probs[:, k], mode="lines+markers", name=c, line={"color": color, "width": 2},
-                            marker={"size": 4}, legendgroup=c,
-                            hovertemplate=f"{c} slice %{{x}}: %{{y:.3f}}<extra></extra>")
-            fig.add_scatter(x=[x[0], x[-1]], y=[class_thresholds[k]] * 2, mode="lines", legendgroup=c,
-                            showlegend=False, line={"color": color, "width": 1, "dash": "dash"}, hoverinfo="skip")
+            fig.add_scatter(
+                x=x,
+                y=probs[:, k],
+                mode="lines+markers",
+                name=c,
+                line={"color": color, "width": 2},
+                marker={"size": 4},
+                legendgroup=c,
+                hovertemplate=f"{c} slice %{{x}}: %{{y:.3f}}<extra></extra>",
+            )
+            fig.add_scatter(
+                x=[x[0], x[-1]],
+                y=[class_thresholds[k]] * 2,
+                mode="lines",
+                legendgroup=c,
+                showlegend=False,
+                line={"color": color, "width": 1, "dash": "dash"},
+                hoverinfo="skip",
+            )
         if current is not None:
             fig.add_vline(x=int(current), line={"color": "#888", "width": 1, "dash": "dot"})
         fig.update_layout(xaxis_title="slice (0 = first)")
     fig.update_layout(
-        title={"text": title, "font": {"size": 13}}, yaxis={"range": [0, 1.02], "title": "probability"},
-        height=320, margin={"l": 50, "r": 10, "t": 36, "b": 40}, legend={"orientation": "h", "y": -0.25},
+        title={"text": title, "font": {"size": 13}},
+        yaxis={"range": [0, 1.02], "title": "probability"},
+        height=320,
+        margin={"l": 50, "r": 10, "t": 36, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig
 
@@ -327,8 +343,19 @@ def mesh_figure(
         surf = _surface(head, spacing, max(step, _downsample_factor(labels.shape, 64)))
         if surf is not None:
             (v, f) = surf
-            fig.add_mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], opacity=0.08,
-                           color="#9aa0a6", name="head", hoverinfo="skip", showlegend=True)
+            fig.add_mesh3d(
+                x=v[:, 0],
+                y=v[:, 1],
+                z=v[:, 2],
+                i=f[:, 0],
+                j=f[:, 1],
+                k=f[:, 2],
+                opacity=0.08,
+                color="#9aa0a6",
+                name="head",
+                hoverinfo="skip",
+                showlegend=True,
+            )
     found = 0
     for k, c in enumerate(CLASSES):
         mask = labels == k + 1
@@ -341,22 +368,57 @@ def mesh_figure(
             if surf is None:
                 continue
             v, f = surf
-            fig.add_mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], color=color,
-                           opacity=0.85, name=c, showlegend=True, hovertemplate=f"{c}<extra></extra>")
+            fig.add_mesh3d(
+                x=v[:, 0],
+                y=v[:, 1],
+                z=v[:, 2],
+                i=f[:, 0],
+                j=f[:, 1],
+                k=f[:, 2],
+                color=color,
+                opacity=0.85,
+                name=c,
+                showlegend=True,
+                hovertemplate=f"{c}<extra></extra>",
+            )
         else:
             sub = mask[:, ::step, ::step].astype(np.float32)
             z, y, x = np.mgrid[: sub.shape[0], : sub.shape[1], : sub.shape[2]]
-            fig.add_isosurface(x=(x * spacing[2] * step).ravel(), y=(y * spacing[1] * step).ravel(),
-                               z=(z * spacing[0]).ravel(), value=sub.ravel(), isomin=0.5, isomax=1.0,
-                               surface_count=1, colorscale=[[0, color], [1, color]], showscale=False,
-                               opacity=0.85, name=c, showlegend=True)
+            fig.add_isosurface(
+                x=(x * spacing[2] * step).ravel(),
+                y=(y * spacing[1] * step).ravel(),
+                z=(z * spacing[0]).ravel(),
+                value=sub.ravel(),
+                isomin=0.5,
+                isomax=1.0,
+                surface_count=1,
+                colorscale=[[0, color], [1, color]],
+                showscale=False,
+                opacity=0.85,
+                name=c,
+                showlegend=True,
+            )
     if not found:
-        fig.add_annotation(text="no hemorrhage in the mask at these thresholds", showarrow=False, x=0.5, y=0.95,
-                           xref="paper", yref="paper")
+        fig.add_annotation(
+            text="no hemorrhage in the mask at these thresholds",
+            showarrow=False,
+            x=0.5,
+            y=0.95,
+            xref="paper",
+            yref="paper",
+        )
     fig.update_layout(
-        height=420, margin={"l": 0, "r": 0, "t": 30, "b": 0}, legend={"orientation": "h"},
-        scene={"aspectmode": "data", "xaxis_title": "col (mm)", "yaxis_title": "row (mm)", "zaxis_title": "slice (mm)",
-               "yaxis": {"autorange": "reversed"}, "camera": {"eye": {"x": 0.0, "y": -1.6, "z": 1.2}}},
+        height=480,
+        margin={"l": 0, "r": 0, "t": 30, "b": 10},
+        legend={"orientation": "h"},
+        scene={
+            "aspectmode": "data",
+            "xaxis_title": "col (mm)",
+            "yaxis_title": "row (mm)",
+            "zaxis_title": "slice (mm)",
+            "yaxis": {"autorange": "reversed"},
+            "camera": {"eye": {"x": 0.7, "y": -2.2, "z": 1.5}},
+        },
     )
     return fig
 
@@ -395,16 +457,31 @@ def lse_curve_figure(f: np.ndarray, model_r: float, mean: bool = True, cls: str 
     fig = go.Figure()
     fig.add_scatter(x=rs, y=pooled, name="LSE_r(f) / r", line={"color": "#1f77b4"})
     fig.add_scatter(x=rs, y=prob, name="sigmoid(LSE_r(f)) = probability", line={"color": "#d62728"}, yaxis="y2")
-    fig.add_hline(y=float(np.mean(f)), line={"dash": "dot", "color": "#1f77b4"}, annotation_text="mean (r -> 0)",
-                  annotation_position="bottom left")
-    fig.add_hline(y=float(np.max(f)), line={"dash": "dash", "color": "#1f77b4"}, annotation_text="max (r -> inf)",
-                  annotation_position="top left")
-    fig.add_vline(x=float(model_r), line={"color": "#555"}, annotation_text=f"model r = {model_r:g}",
-                  annotation_position="bottom right")
+    fig.add_hline(
+        y=float(np.mean(f)),
+        line={"dash": "dot", "color": "#1f77b4"},
+        annotation_text="mean (r -> 0)",
+        annotation_position="bottom left",
+    )
+    fig.add_hline(
+        y=float(np.max(f)),
+        line={"dash": "dash", "color": "#1f77b4"},
+        annotation_text="max (r -> inf)",
+        annotation_position="top left",
+    )
+    fig.add_vline(
+        x=float(model_r),
+        line={"color": "#555"},
+        annotation_text=f"model r = {model_r:g}",
+        annotation_position="bottom right",
+    )
     fig.update_layout(
-        title={"text": f"LSE pooling of the {cls} map as r varies", "font": {"size": 13}}, height=320,
-        xaxis={"type": "log", "title": "r"}, yaxis={"title": "pooled map value"},
+        title={"text": f"LSE pooling of the {cls} map as r varies", "font": {"size": 13}},
+        height=320,
+        xaxis={"type": "log", "title": "r", "range": [np.log10(rs[0]), np.log10(rs[-1])]},
+        yaxis={"title": "pooled map value"},
         yaxis2={"title": "probability", "overlaying": "y", "side": "right", "range": [0, 1]},
-        margin={"l": 50, "r": 50, "t": 36, "b": 40}, legend={"orientation": "h", "y": -0.3},
+        margin={"l": 50, "r": 50, "t": 36, "b": 40},
+        legend={"orientation": "h", "y": -0.3},
     )
     return fig

@@ -40,7 +40,8 @@ def open_for_model(model_dir: Path, spec: str, config: dict) -> tuple[DataSource
     train_cfg = (config.get("provenance") or {}).get("config") or {}
     source = open_source(spec, window=train_cfg.get("window", "paper"),
                          phantom_shape=train_cfg.get("phantom_shape", "16x128x128"),
-                         phantom_subtypes=train_cfg.get("phantom_subtypes", "mixed"), seed=train_cfg.get("seed", 0))
+                         phantom_subtypes=train_cfg.get("phantom_subtypes", "mixed"),
+                         phantom_paired=train_cfg.get("phantom_paired", False), seed=train_cfg.get("seed", 0))
     split = None
     if (model_dir / "split.json").is_file():
         saved = Split.load(model_dir)

@@ -63,6 +63,7 @@ class TrainConfig:
     progress: bool = True
     phantom_shape: str = "8x128x128"
     phantom_subtypes: str = "mixed"
+    phantom_paired: bool = False
     cache: bool = True
     val_max_slices: int = 0
 
@@ -107,6 +108,7 @@ HELP: dict[str, str] = {
     "progress": "show a progress bar with loss and images per second",
     "phantom_shape": "phantom series shape SxHxW",
     "phantom_subtypes": "phantom lesions per series: mixed (random 0..2 subtypes) or a comma list of subtypes",
+    "phantom_paired": "phantoms: add a lesion-free twin of every head with lesions (same patient)",
     "cache": "keep resized slices in memory after their first read",
     "val_max_slices": "validate on at most this many slices (0: all)",
 }

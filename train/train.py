@@ -85,7 +85,7 @@ def prepare_data(cfg: TrainConfig, out: Path, resume: bool) -> Data:
         IchdemoError: bad spec or folder, or a subtype missing from the training split (named in the message).
     """
     source = open_source(cfg.data, window=cfg.window, phantom_shape=cfg.phantom_shape,
-                         phantom_subtypes=cfg.phantom_subtypes, seed=cfg.seed)
+                         phantom_subtypes=cfg.phantom_subtypes, phantom_paired=cfg.phantom_paired, seed=cfg.seed)
     test = [p.strip() for p in cfg.test_patients.split(",") if p.strip()]
     if resume and (out / "split.json").is_file():
         split = Split.load(out)

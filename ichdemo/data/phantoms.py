@@ -69,16 +69,20 @@ def phantom_series(
     subtypes: str = "mixed",
     window: str = "paper",
     noise_hu: float = 5.0,
+    paired: bool = False,
 ) -> list[ArraySeries]:
     """``n`` phantom series with seeds ``seed * 100003 + i`` (distinct ``seed`` values give disjoint heads).
 
     Args:
-        n: number of series (patients).
+        n: number of phantom heads (patients).
         seed: base seed.
         shape: SxHxW grid of each phantom.
         subtypes: see ``choose_subtypes``.
         window: HU window preset used to bring the phantom to [0, 1].
         noise_hu: image noise of the phantom generator.
+        paired: also give every head with lesions a second series of the same head without them (same patient;
+            the generator keeps the anatomy of a seed). Slice position and anatomy then say nothing about the
+            labels; only the lesions do.
     """
     if n < 1:
         raise ConfigError(f"phantom:N needs N >= 1, got {n}")
@@ -86,16 +90,20 @@ def phantom_series(
     series = []
     for i, kinds in enumerate(choose_subtypes(n, seed, subtypes)):
         s = seed * 100003 + i
-        ph = generate_phantom(seed=s, subtypes=kinds, shape=shape, noise_hu=noise_hu)
-        series.append(
-            ArraySeries(
-                patient=f"phantom-{s}",
-                name=f"phantom-{s}",
-                labels=ph.slice_labels.astype(np.float32),
-                spacing=tuple(ph.spacing),
-                mask_slices=tuple(range(ph.shape[0])),
-                unit=to_unit(ph.hu, prewindowed=False, window_=window),
-                masks=ph.labels.astype(np.int16),
-            )
-        )
+        series.append(_series(s, kinds, shape, window, noise_hu, f"phantom-{s}"))
+        if paired and kinds:
+            series.append(_series(s, (), shape, window, noise_hu, f"phantom-{s}-normal"))
     return series
+
+
+def _series(s: int, kinds: tuple[str, ...], shape, window: str, noise_hu: float, name: str) -> ArraySeries:
+    ph = generate_phantom(seed=s, subtypes=kinds, shape=shape, noise_hu=noise_hu)
+    return ArraySeries(
+        patient=f"phantom-{s}",
+        name=name,
+        labels=ph.slice_labels.astype(np.float32),
+        spacing=tuple(ph.spacing),
+        mask_slices=tuple(range(ph.shape[0])),
+        unit=to_unit(ph.hu, prewindowed=False, window_=window),
+        masks=ph.labels.astype(np.int16),
+    )

@@ -72,6 +72,7 @@ def open_source(
     window: str = "paper",
     phantom_shape: str = "16x128x128",
     phantom_subtypes: str = "mixed",
+    phantom_paired: bool = False,
     seed: int = 0,
 ) -> DataSource:
     """Open a data spec.
@@ -81,6 +82,7 @@ def open_source(
         window: HU window preset for HU sources (phantom, RSNA, BHSD).
         phantom_shape: SxHxW of each phantom.
         phantom_subtypes: "mixed" or a comma list (see ``ichdemo.data.phantoms.choose_subtypes``).
+        phantom_paired: add a lesion-free twin of every phantom head (see ``ichdemo.data.phantoms``).
         seed: phantom base seed (``phantom:N:SEED`` overrides it: held-out phantoms use another seed).
 
     Raises:
@@ -96,8 +98,9 @@ def open_source(
             n, seed = int(n), int(seed_text) if seed_text else seed
         except ValueError as err:
             raise ConfigError(f"phantom:N[:SEED] needs a number of series (and a seed), got {arg!r}") from err
-        series = phantom_series(n, seed=seed, shape=phantom_shape, subtypes=phantom_subtypes, window=window)
-        return DataSource(spec, kind, list(series), False, window, tuple(s.patient for s in series))
+        series = phantom_series(n, seed=seed, shape=phantom_shape, subtypes=phantom_subtypes, window=window,
+                                paired=phantom_paired)
+        return DataSource(spec, kind, list(series), False, window, tuple(dict.fromkeys(s.patient for s in series)))
     folder = _folder(kind, arg)
     if kind == "ctich":
         from ichdemo.data.ctich import MASKED_PATIENTS, ctich_series

@@ -12,6 +12,8 @@ Rules, in the order they apply:
 5. HU = stored value x RescaleSlope + RescaleIntercept, per slice, float32. Slice spacing is the median distance
    between sorted positions along the normal (not SliceThickness); gantry tilt and uneven spacing give warnings.
 6. Patient identifiers (name, ID, birth date) never reach the description, warnings or meta.
+7. A header value that cannot be interpreted, or that makes HU values or geometry NaN/infinite, is a
+   ``CorruptInputError`` (found by tests/security/test_fuzz_dicom.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from ichdemo.errors import CorruptInputError, UnsupportedInputError, brief
+from ichdemo.errors import CorruptInputError, IchdemoError, UnsupportedInputError, brief
 from ichdemo.io.limits import Limits
 from ichdemo.volume import DicomRef, Volume
 
@@ -36,6 +38,8 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _TILT_DEGREES = 0.5  # below this a position step counts as parallel to the normal
 _UNEVEN = 0.10  # a step more than 10% off the median is "uneven"
 _DUPLICATE_MM = 0.01
+# What interpreting a damaged header raises (float('0]5'), int(list), pydicom's unknown-VR NotImplementedError...)
+_HEADER_VALUE_ERRORS = (ValueError, TypeError, NotImplementedError, LookupError, AttributeError, ArithmeticError)
 
 _DECODER_PACKAGES = {
     "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg (or pillow)",
@@ -89,14 +93,21 @@ def read_header(path: Path) -> Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
-        if looks_like_dicom(path):
-            return pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        raise CorruptInputError(f"{path.name}: not a DICOM file (no 'DICM' marker and no DICOM header)") from None
+        if not looks_like_dicom(path):
+            raise CorruptInputError(f"{path.name}: not a DICOM file (no 'DICM' marker and no DICOM header)") from None
     except Exception as err:  # pydicom raises many types on damaged files
-        raise CorruptInputError(
-            f"{path.name}: DICOM header cannot be read, the file is truncated or corrupt "
-            f"({type(err).__name__}: {brief(err)})"
-        ) from err
+        raise _unreadable_header(path, err) from err
+    try:  # a preamble-less file that parses as DICOM
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception as err:
+        raise _unreadable_header(path, err) from err
+
+
+def _unreadable_header(path: Path, err: Exception) -> CorruptInputError:
+    return CorruptInputError(
+        f"{path.name}: DICOM header cannot be read, the file is truncated or corrupt "
+        f"({type(err).__name__}: {brief(err)})"
+    )
 
 
 def _read_full(path: Path) -> Dataset:
@@ -482,13 +493,27 @@ def load_dicom_series(files: list[Path], limits: Limits | None = None, *, keep_p
         A ``Volume`` with ``source="dicom"``, HU data (S, H, W), spacing, RAS affine and a filled ``DicomRef``.
 
     Raises:
-        CorruptInputError: not DICOM, truncated, no pixel data, undecodable compressed data.
+        CorruptInputError: not DICOM, truncated, no pixel data, undecodable compressed data, a header value that
+            cannot be interpreted, HU values or geometry that are not finite.
         UnsupportedInputError: not CT, colour or multi-frame, inconsistent series, duplicate positions, a
             compression without an installed decoder.
         UnsafeInputError: over a size limit.
     """
     limits = limits or Limits()
     slices = [_Slice(Path(f), read_header(Path(f))) for f in files]
+    try:
+        volume = _load_slices(slices, limits, keep_paths)
+    except IchdemoError:
+        raise
+    except _HEADER_VALUE_ERRORS as err:  # a tag that parsed but holds no usable value ('0]5', unknown VR...)
+        raise CorruptInputError(
+            f"DICOM header value cannot be interpreted, a file is damaged ({type(err).__name__}: {brief(err)})"
+        ) from err
+    _check_finite(volume)
+    return volume
+
+
+def _load_slices(slices: list[_Slice], limits: Limits, keep_paths: bool) -> Volume:
     images, warnings = _split_non_images(slices)
     group, more = _choose_series(images)
     warnings += more + _check_modality(group)
@@ -517,6 +542,22 @@ def load_dicom_series(files: list[Path], limits: Limits | None = None, *, keep_p
         dicom=_dicom_ref(group, geo, keep_paths),
         meta=_meta(h),
     )
+
+
+def _check_finite(volume: Volume) -> None:
+    """Refuse HU values or geometry that overflowed or came from NaN/inf header values (fuzzing found both)."""
+    bad = int(volume.data.size - np.count_nonzero(np.isfinite(volume.data)))
+    if bad:
+        raise CorruptInputError(
+            f"DICOM series: {bad} voxel(s) are not finite after stored x RescaleSlope + RescaleIntercept; "
+            "the RescaleSlope or RescaleIntercept of a file is damaged"
+        )
+    spacing = np.array(volume.spacing, dtype=float)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all() and np.isfinite(volume.affine).all()):
+        raise CorruptInputError(
+            f"DICOM series: slice spacing or positions are not finite ({', '.join(f'{v:g}' for v in spacing)} mm); "
+            "PixelSpacing, ImagePositionPatient or SliceThickness of a file is damaged"
+        )
 
 
 def _description(h: Dataset, shape: tuple[int, ...], spacing: tuple[float, float, float]) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ichdemo.errors import CorruptInputError, UnsafeInputError, UnsupportedInputError, brief
+from ichdemo.errors import CorruptInputError, IchdemoError, UnsafeInputError, UnsupportedInputError, brief
 from ichdemo.io.limits import Limits
 from ichdemo.io.nifti import grid_affine
 from ichdemo.volume import Volume
@@ -29,6 +29,7 @@ DEFAULT_SPACING: tuple[float, float, float] = (5.0, 1.0, 1.0)
 
 _MASK_SUFFIX = re.compile(r"(_hge)?_(seg|mask|label)$", re.IGNORECASE)
 _COLOUR_SPREAD = 8.0  # mean |max - min| over RGB channels, in grey levels, above which a warning is given
+_CHUNK_BOMB = "Decompressed data too large"  # PIL's ValueError for a metadata chunk over MAX_TEXT_CHUNK
 _ESTIMATE = "no voxel spacing in PNG/JPG: assumed {} mm (slice x row x col); volumes in mL are estimates"
 
 
@@ -72,8 +73,9 @@ def read_grey(path: str | Path, limits: Limits | None = None) -> tuple[np.ndarra
     Raises:
         UnsafeInputError: more pixels than ``limits.max_pixels`` (checked from the header, before decoding) or
             than PIL's own decompression-bomb limit (``DecompressionBombError``; the global
-            ``Image.MAX_IMAGE_PIXELS`` is left alone, as changing it would affect every thread).
-        CorruptInputError: not a readable image, or truncated.
+            ``Image.MAX_IMAGE_PIXELS`` is left alone, as changing it would affect every thread), or a metadata
+            chunk that inflates past PIL's ``MAX_TEXT_CHUNK``.
+        CorruptInputError: not a readable image, or truncated or damaged.
     """
     limits = limits or Limits()
     path = Path(path)
@@ -82,11 +84,17 @@ def read_grey(path: str | Path, limits: Limits | None = None) -> tuple[np.ndarra
             limits.check_pixels(im.height, im.width, path.name)
             im.load()
             return _grey(im)
+    except IchdemoError:
+        raise
     except Image.DecompressionBombError as err:
         raise UnsafeInputError(f"{path.name}: image over the decompression-bomb size limit ({brief(err)})") from err
     except UnidentifiedImageError as err:
         raise CorruptInputError(f"{path.name}: not a readable PNG/JPEG image") from err
-    except OSError as err:
+    except (OSError, ValueError, SyntaxError, EOFError) as err:  # PIL's PNG reader raises all of these (fuzzing)
+        if _CHUNK_BOMB in str(err):  # a zTXt/iTXt/iCCP chunk that inflates past PIL's MAX_TEXT_CHUNK
+            raise UnsafeInputError(
+                f"{path.name}: PNG metadata expands beyond the decoder's limit ({brief(err)})"
+            ) from err
         raise CorruptInputError(f"{path.name}: image is truncated or damaged ({brief(err)})") from err
 
 

@@ -63,10 +63,17 @@ def _read_limited(path: Path, limits: Limits) -> bytes:
     return raw
 
 
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def _open(path: Path, limits: Limits) -> nib.Nifti1Image:
-    """Open by content: names without .nii/.nii.gz are read from bytes."""
+    """Open by content: a name that does not match the content (no .nii/.nii.gz, or a gzipped .nii and a plain
+    .nii.gz) is read from bytes."""
+    name = path.name.lower()
     try:
-        if path.name.lower().endswith((".nii", ".nii.gz")):
+        if name.endswith(".nii.gz") and _is_gzip(path) or name.endswith(".nii") and not _is_gzip(path):
             return nib.load(path)
         raw = _read_limited(path, limits)
         cls = nib.Nifti2Image if raw[4:8] in _NIFTI2_MAGIC else nib.Nifti1Image
@@ -74,7 +81,29 @@ def _open(path: Path, limits: Limits) -> nib.Nifti1Image:
     except UnsafeInputError:
         raise
     except Exception as err:
-        raise CorruptInputError(f"{path.name}: not a readable NIfTI file ({type(err).__name__}: {brief(err)})") from err
+        reason = brief(err).replace(str(path), path.name)  # nibabel's messages carry the full (server) path
+        raise CorruptInputError(f"{path.name}: not a readable NIfTI file ({type(err).__name__}: {reason})") from err
+
+
+def _orientation(img: nib.Nifti1Image, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(source orientation, transform to the display orientation); a NaN/inf or singular affine is refused."""
+    try:
+        if not np.isfinite(img.affine).all():
+            raise ValueError("it holds NaN or infinite values")
+        src_ornt = io_orientation(img.affine)
+        return src_ornt, ornt_transform(src_ornt, axcodes2ornt(VOLUME_AXCODES))
+    except ValueError as err:  # numpy's LinAlgError is a ValueError too
+        raise CorruptInputError(
+            f"{name}: NIfTI affine is not usable ({brief(err)}); the sform/qform or pixdim of the header is damaged"
+        ) from err
+
+
+def _units(hdr) -> tuple[str, str]:
+    """(spatial, temporal) units; an unknown code (a damaged header) reads as "unknown" (mm is then assumed)."""
+    try:
+        return tuple(hdr.get_xyzt_units())  # type: ignore[return-value]
+    except KeyError:
+        return "unknown", "unknown"
 
 
 def _check_header(img: nib.Nifti1Image, name: str, limits: Limits, transform: np.ndarray) -> tuple[int, ...]:
@@ -138,19 +167,18 @@ def load_nifti(path: str | Path, limits: Limits | None = None) -> Volume:
         ``to_source_grid``.
 
     Raises:
-        CorruptInputError: unreadable or truncated file, NaN/inf values.
+        CorruptInputError: unreadable or truncated file, NaN/inf values, a NaN/inf or singular affine.
         UnsupportedInputError: 4-D (more than one volume), empty, non-numeric datatype.
         UnsafeInputError: over a size limit.
     """
     limits = limits or Limits()
     path = Path(path)
     img = _open(path, limits)
-    src_ornt = io_orientation(img.affine)
-    transform = ornt_transform(src_ornt, axcodes2ornt(VOLUME_AXCODES))
+    src_ornt, transform = _orientation(img, path.name)
     shape3 = _check_header(img, path.name, limits, transform)
     data = _read_data(img, shape3, path.name)
     oriented = apply_orientation(data, transform)
-    unit = img.header.get_xyzt_units()[0] or "unknown"
+    unit = _units(img.header)[0] or "unknown"
     scale = _UNIT_TO_MM.get(unit, 1.0)
     affine = np.diag([scale, scale, scale, 1.0]) @ img.affine @ inv_ornt_aff(transform, shape3)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # i, j, k = col, row, slice
@@ -187,7 +215,7 @@ def _header_record(img: nib.Nifti1Image, src_ornt: np.ndarray, shape3: tuple[int
         "sform_code": int(sform_code),
         "qform": None if qform is None else np.array(qform, dtype=float),
         "qform_code": int(qform_code),
-        "xyzt_units": tuple(hdr.get_xyzt_units()),
+        "xyzt_units": _units(hdr),
     }
 
 

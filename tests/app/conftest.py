@@ -34,12 +34,24 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     return {
         "lse": _save(root, "lse_unet_mobilenetv3_small_050", "lse_tiny"),
         "gap": _save(root, "gap_mobilenetv3_small_050", "gap_tiny"),
-        "gap2": _save(root, "gap_mobilenetv3_small_050", "gap_tiny_b",
-                      {"provenance": {"command": "fake, for tests", "config": {}}}),
-        "lse_hl": _save(root, "lse_unet_mobilenetv3_small_050", "lse_hloss",
-                        {"provenance": {"command": "fake, for tests", "config": {"hloss": True}}}),
-        "lse_nohl": _save(root, "lse_unet_mobilenetv3_small_050", "lse_no_hloss",
-                          {"provenance": {"command": "fake, for tests", "config": {"hloss": False}}}),
+        "gap2": _save(
+            root,
+            "gap_mobilenetv3_small_050",
+            "gap_tiny_b",
+            {"provenance": {"command": "fake, for tests", "config": {}}},
+        ),
+        "lse_hl": _save(
+            root,
+            "lse_unet_mobilenetv3_small_050",
+            "lse_hloss",
+            {"provenance": {"command": "fake, for tests", "config": {"hloss": True}}},
+        ),
+        "lse_nohl": _save(
+            root,
+            "lse_unet_mobilenetv3_small_050",
+            "lse_no_hloss",
+            {"provenance": {"command": "fake, for tests", "config": {"hloss": False}}},
+        ),
     }
 
 
@@ -78,7 +90,8 @@ def app_url(app_module, tiny_models, tmp_path_factory):
     phantoms = PhantomExamples(tmp_path_factory.mktemp("phantom-examples"), shape=SMALL_SHAPE)
     demo = app_module.build_demo(pool, phantoms)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app_module.launch_options())
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app_module.launch_options()
+    )
     yield f"http://127.0.0.1:{port}/"
     demo.close()

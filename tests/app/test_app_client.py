@@ -30,8 +30,17 @@ def _view(client, refs, ref, index=4):
 
 def test_named_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    for name in ("/load", "/analyze", "/render", "/set_thresholds", "/reset_thresholds", "/export", "/teach",
-                 "/predict", "/view_3d"):
+    for name in (
+        "/load",
+        "/analyze",
+        "/render",
+        "/set_thresholds",
+        "/reset_thresholds",
+        "/export",
+        "/teach",
+        "/predict",
+        "/view_3d",
+    ):
         assert name in api, name
     params = [p["parameter_name"] for p in api["/set_thresholds"]["parameters"]]
     assert params[-10:] == ["c_iph", "c_ivh", "c_sah", "c_sdh", "c_edh", "m_iph", "m_ivh", "m_sah", "m_sdh", "m_edh"]
@@ -50,17 +59,20 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
     assert list(out[2:]) == [0.5] * 5 + [75.0, 125.0, 125.0, 75.0, 25.0]  # calibrated defaults of an untrained model
 
     overlay, legend, gallery, rows_md, agree, agree_table, curves, table = _view(client, refs, tiny_models["lse"])
+    assert "IPH" in legend and curves is not None and table["data"][-1][0] == "total"
     assert Path(overlay).is_file() and Path(agree).is_file()
     assert len(gallery) == 10  # two models x five subtypes
     assert "lse_tiny" in gallery[0]["caption"] and "gap_tiny" in gallery[5]["caption"]
     assert "native heatmap 16x16" in rows_md and "native heatmap 2x2" in rows_md
     assert agree_table["data"][0][:2] == ["lse_tiny", "gap_tiny"]
 
-    closed = client.predict(refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, *[1.0] * 5, *[0] * 5,
-                            api_name="/set_thresholds")
+    closed = client.predict(
+        refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, *[1.0] * 5, *[0] * 5, api_name="/set_thresholds"
+    )
     assert closed[-1]["data"][-1][:2] == ["total", 0.0]
-    opened = client.predict(refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, *[0.0] * 5, *[0] * 5,
-                            api_name="/set_thresholds")
+    opened = client.predict(
+        refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, *[0.0] * 5, *[0] * 5, api_name="/set_thresholds"
+    )
     total_ml = opened[-1]["data"][-1][1]
     assert total_ml > 0
     assert not np.array_equal(_png(closed[0]), _png(opened[0]))  # the overlay follows the thresholds
@@ -81,16 +93,16 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
 
 
 def test_teach_endpoint(client, tiny_models):
-    maps, rmaps, _, _, note, steps, notes = client.predict(3, "paper", "IPH", tiny_models["gap"], tiny_models["lse"],
-                                                           3.0, api_name="/teach")
+    maps, rmaps, _, _, note, steps, notes = client.predict(
+        3, "paper", "IPH", tiny_models["gap"], tiny_models["lse"], 3.0, api_name="/teach"
+    )
     assert len(maps) == 4 and len(rmaps) == 3 and len(steps) == 6
     assert "HLoss" in note and "UNTRAINED" in notes
 
 
 def test_predict_endpoint_returns_report_and_label_maps(client, phantom_series):
     files, phantom = phantom_series
-    report, labels = client.predict([handle_file(str(f)) for f in files], "lse_tiny,gap_tiny_b",
-                                    api_name="/predict")
+    report, labels = client.predict([handle_file(str(f)) for f in files], "lse_tiny,gap_tiny_b", api_name="/predict")
     assert set(report["models"]) == {"lse_tiny", "gap_tiny_b"} and report["notice"] == RESEARCH_NOTICE
     assert [Path(p).name for p in labels] == ["lse_tiny_labels.nii.gz", "gap_tiny_b_labels.nii.gz"]
     assert nib.load(labels[0]).shape == phantom.shape[::-1]
@@ -115,10 +127,21 @@ def test_app_without_models_starts_and_says_so(app_module):
     assert any(isinstance(t, str) and NO_MODEL_HELP in t for t in texts)
 
 
-def test_cli_help():
-    out = subprocess.run([sys.executable, str(REPO / "app.py"), "--help"], capture_output=True, text=True,
-                         cwd=REPO, timeout=120, env={"PATH": "/usr/bin:/bin", "GRADIO_ANALYTICS_ENABLED": "False",
-                                                     "HOME": str(REPO)})
+def test_cli_help(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "app.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HOME": str(tmp_path),
+            "HF_HUB_OFFLINE": "1",
+        },
+    )
     assert out.returncode == 0, out.stderr
     for flag in ("--host", "--port", "--share", "--models", "--max-file-size"):
         assert flag in out.stdout
@@ -128,3 +151,35 @@ def _png(path: str) -> np.ndarray:
     import cv2
 
     return cv2.imread(path)
+
+
+def test_upload_limit_and_queue_settings(app_url, app_module):
+    import httpx
+
+    from ichdemo.session import ModelPool
+
+    cfg = httpx.get(app_url + "config", timeout=30).json()
+    assert cfg["max_file_size"] == 1 << 30  # launch_options: "1gb"
+    deps = {d.get("api_name"): d for d in cfg["dependencies"]}
+    assert deps["render"]["trigger_mode"] == deps["set_thresholds"]["trigger_mode"] == "always_last"
+    fns = {f.api_name: f for f in app_module.build_demo(ModelPool([])).fns.values()}
+    network = {name for name, f in fns.items() if f.concurrency_id == "network"}
+    assert {"analyze", "teach", "predict"} <= network  # one queue for everything that runs a network...
+    assert all(fns[n].concurrency_limit == 1 for n in network)  # ...one at a time
+    assert "render" not in network
+
+
+def test_session_end_removes_the_temp_folder(app_module, tmp_path):
+    class Request:  # what gr.Request offers the unload callback
+        session_hash = "abc123"
+
+    s = app_module._session(None, Request())
+    folder = s.folder
+    assert folder.is_dir()
+    app_module._end_session(Request())
+    assert not folder.exists() and "abc123" not in app_module._SESSIONS
+    t = app_module._session(None)
+    other = t.folder
+    app_module._drop_state(t)  # gr.State's delete_callback (tab closed for an hour, or time_to_live)
+    assert not other.exists()
+    app_module._drop_state(None)  # a state never filled

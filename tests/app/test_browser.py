@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is missing: apt-get install chromium")
 
@@ -23,7 +29,7 @@ def page(app_url):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        pg.set_default_timeout(60_000)
+        pg.set_default_timeout(120_000)  # generous: CI machines may be busy
         pg.goto(app_url)
         pg.wait_for_selector("#upload")
         yield pg
@@ -47,10 +53,18 @@ def test_upload_slider_overlay_download(page, phantom_series, tmp_path):
     assert "UNTRAINED" in page.inner_text("body")
     page.set_input_files("#upload input[type=file]", [str(f) for f in phantom_series[0]])
     page.wait_for_function("document.querySelectorAll('#heatmaps img').length >= 15")  # 3 models x 5 subtypes
-    page.wait_for_function("document.querySelector('#volumes') && "
-                           "document.querySelector('#volumes').innerText.includes('total')")
+    page.wait_for_function(
+        "document.querySelector('#volumes') && document.querySelector('#volumes').innerText.includes('total')"
+    )
     _shot(page, tmp_path, "1_analyzed")
     assert "8 slice(s)" in page.inner_text("#series-info")
+    # the slice slider: one step with the keyboard shows another slice
+    src = page.get_attribute("#overlay img", "src")
+    page.locator("#slice input[type=range]").focus()
+    page.locator("#slice input[type=range]").press("ArrowRight")
+    page.wait_for_function(f"document.querySelector('#overlay img').src != {src!r}")
+    assert page.input_value("#slice input[type=number]") == "5"
+
     before_src = page.get_attribute("#overlay img", "src")
     before = _image_bytes(page, "#overlay img")
 
@@ -86,12 +100,14 @@ def test_upload_slider_overlay_download(page, phantom_series, tmp_path):
 
 
 def test_phantom_button_and_teach_tab(page, tmp_path):
+    first = page.get_attribute("#heatmaps img", "src")
     page.click("#phantom-4")  # SDH phantom, one click
     page.wait_for_function("document.querySelector('#series-info').innerText.includes('SDH')")
-    page.wait_for_function("document.querySelectorAll('#heatmaps img').length >= 15")
+    page.wait_for_function(f"document.querySelector('#heatmaps img').src != {first!r}")  # the new series' maps
+    assert page.locator("#heatmaps img").count() == 15
     page.click("button[role=tab]:has-text('Teach')")
     page.click("#teach")
     page.wait_for_function("document.querySelectorAll('#teach-maps img').length >= 4")
-    text = page.inner_text("body")
-    assert "native 2x2 cells" in text or "native 2x2" in page.inner_html("#teach-maps")
+    captions = page.inner_text("#teach-maps")
+    assert "Grad-CAM native 2x2 cells" in captions and "LSE-UNet f0 native 16x16" in captions
     _shot(page, tmp_path, "4_teach")
