@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import os
 import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def _gunzip_head(path: Path) -> bytes:
     try:
         with gzip.open(path, "rb") as fh:
             return fh.read(544)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):  # a damaged deflate stream raises zlib.error (fuzzing)
         return b""
 
 

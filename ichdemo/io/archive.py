@@ -7,8 +7,10 @@ counts the bytes it actually writes, because the sizes in an archive's directory
 
 from __future__ import annotations
 
+import lzma
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from ichdemo.errors import CorruptInputError, UnsafeInputError, UnsupportedInputError, brief
@@ -63,12 +65,32 @@ def _check_members(members: list[zipfile.ZipInfo], limits: Limits) -> None:
         )
 
 
+def _read_chunk(src, info: zipfile.ZipInfo) -> bytes:
+    """The next decompressed chunk; a damaged stream (found by fuzzing) is a ``CorruptInputError``."""
+    try:
+        return src.read(_CHUNK)
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError) as err:  # bz2 raises OSError
+        raise CorruptInputError(
+            f"zip entry '{info.filename}' cannot be decompressed, the archive is damaged ({brief(err)})"
+        ) from err
+
+
+def _open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+    try:
+        return zf.open(info)
+    except NotImplementedError as err:  # a compression method zipfile cannot decode (or a damaged method field)
+        raise UnsupportedInputError(
+            f"zip entry '{info.filename}' uses a compression method that is not supported ({brief(err)}); "
+            "re-zip with standard (deflate) compression"
+        ) from err
+
+
 def _copy_counted(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
     """Write one member, stopping if it yields more bytes than declared or than the remaining ``budget``."""
     written = 0
     cap = min(info.file_size, budget)
-    with zf.open(info) as src, open(target, "wb") as dst:
-        while chunk := src.read(_CHUNK):
+    with _open_member(zf, info) as src, open(target, "wb") as dst:
+        while chunk := _read_chunk(src, info):
             written += len(chunk)
             if written > cap:
                 raise UnsafeInputError(
@@ -95,8 +117,8 @@ def safe_extract_zip(path: str | Path, dest: str | Path, limits: Limits | None =
 
     Raises:
         UnsafeInputError: absolute path, ``..`` escape, symlink, too many files, too many bytes, bomb-like ratio.
-        CorruptInputError: not a readable zip file.
-        UnsupportedInputError: encrypted entries.
+        CorruptInputError: not a readable zip file, or an entry whose compressed data is damaged.
+        UnsupportedInputError: encrypted entries, a compression method zipfile cannot decode.
     """
     limits = limits or Limits()
     dest = Path(dest).resolve()

@@ -127,7 +127,8 @@ def _check_header(img: nib.Nifti1Image, name: str, limits: Limits, transform: np
         out[int(transform[axis, 0])] = size
     limits.check_pixels(out[1], out[0], name)
     limits.check_slices(out[2], name)
-    if int(np.prod(shape3)) * 4 > limits.max_total_bytes:
+    # Stored bytes (a .nii.gz inflates to these) or the float32 result, whichever is larger
+    if int(np.prod(shape3)) * max(4, dtype.itemsize) > limits.max_total_bytes:
         raise UnsafeInputError(f"{name}: {shape3} voxels need more than {limits.max_total_bytes} bytes")
     return shape3
 
@@ -203,8 +204,13 @@ def load_nifti(path: str | Path, limits: Limits | None = None) -> Volume:
 def _header_record(img: nib.Nifti1Image, src_ornt: np.ndarray, shape3: tuple[int, ...], name: str) -> dict:
     """What ``to_source_grid`` needs, as plain values."""
     hdr = img.header
-    sform, sform_code = hdr.get_sform(coded=True)
-    qform, qform_code = hdr.get_qform(coded=True)
+    try:
+        sform, sform_code = hdr.get_sform(coded=True)
+        qform, qform_code = hdr.get_qform(coded=True)
+    except ValueError as err:  # e.g. a quaternion with b^2 + c^2 + d^2 > 1 (fuzzing)
+        raise CorruptInputError(
+            f"{name}: NIfTI qform/sform is not usable ({brief(err)}); the header is damaged"
+        ) from err
     return {
         "file": name,
         "original_affine": np.array(img.affine, dtype=float),

@@ -94,13 +94,32 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def load_in_sandbox(files: dict[str, bytes], root: Path, seconds: float = 20.0) -> Volume | None:
+class Blob(bytes):
+    """File content with a short repr (hypothesis prints the arguments of a failing example)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} bytes>"
+
+
+class Files(dict):
+    """name -> bytes of an upload, with a short repr (hypothesis prints the arguments of a failing example)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} file(s): {', '.join(f'{k} ({len(v)} B)' for k, v in self.items())}>"
+
+
+def load_in_sandbox(
+    files: dict[str, bytes],
+    root: Path,
+    seconds: float = 20.0,
+    inspect: Callable[[Volume], None] | None = None,
+) -> Volume | None:
     """Write ``files`` into a fresh inbox under ``root`` and ``load_volume`` the inbox (the one file if there is
     one) with ``tempfile`` and the working directory pointed at empty folders.
 
     Returns the Volume, or None when the loader refused with an ``IchdemoError``; any other exception propagates
     (that is the bug fuzzing looks for). Asserts that the inputs are untouched and nothing was written anywhere
-    else (temp root and working directory empty afterwards).
+    else (temp root and working directory empty afterwards). ``inspect(volume)`` runs while the inbox still exists.
     """
     work = Path(tempfile.mkdtemp(dir=root))
     inbox, tmp, cwd = work / "in", work / "tmp", work / "cwd"
@@ -125,6 +144,8 @@ def load_in_sandbox(files: dict[str, bytes], root: Path, seconds: float = 20.0) 
         tempfile.tempdir = old_tmp
     assert not any(tmp.iterdir()) and not any(cwd.iterdir()), "the loader left files behind"
     assert {p.name: p.read_bytes() for p in inbox.iterdir()} == files, "the loader changed its input"
+    if volume is not None and inspect is not None:
+        inspect(volume)
     shutil.rmtree(work)
     return volume
 

@@ -476,6 +476,22 @@ def _(d):
     return path
 
 
+@refused("zip-damaged-deflate", CorruptInputError, r"zip entry 'a.dcm' cannot be decompressed, the archive is damaged")
+def _(d):
+    path = _zip(d, {"a.dcm": bytes(range(256)) * 8}, compression=zipfile.ZIP_DEFLATED)
+    data = bytearray(path.read_bytes())
+    data[30 + len("a.dcm")] ^= 0b110  # the first deflate block header: "invalid block type" (found by fuzzing)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@refused("zip-unknown-compression", UnsupportedInputError, r"zip entry 'a.dcm' uses a compression method .* not supp")
+def _(d):
+    path = _zip(d, {"a.dcm": b"x" * 10})
+    _patch_central(path, 10, 99, "<H")  # compression method 99 (AE-x encryption marker, or just garbage)
+    return path
+
+
 @refused("zip-nested", UnsupportedInputError, r"inner.zip: a zip inside an upload is not opened; upload it directly")
 def _(d):
     inner = _zip(d, {"a.dcm": bytes(4 << 20)}, "inner.zip", compression=zipfile.ZIP_DEFLATED)
@@ -552,6 +568,22 @@ def _(d):
 @refused("nifti-singular-affine", CorruptInputError, r"flat.nii: NIfTI affine is not usable")
 def _(d):
     return _nifti_header_edit(d, "flat.nii", sform_code=1, srow_x=[0, 0, 0, 0], srow_y=[0, 0, 0, 0])
+
+
+@refused("nifti-bad-quaternion", CorruptInputError, r"q.nii: NIfTI qform/sform is not usable \(w2 should be positive")
+def _(d):
+    """The sform gives a good affine, the qform's quaternion has b^2 + c^2 + d^2 > 1 (found by fuzzing)."""
+    return _nifti_header_edit(d, "q.nii", qform_code=1, sform_code=1, quatern_b=1.0, quatern_c=1.0)
+
+
+@refused("nifti-gz-damaged-stream", CorruptInputError, r"ct.nii.gz: not a NIfTI file \(no NIfTI header\)")
+def _(d):
+    """A .nii.gz whose deflate stream is damaged in its first block: the format sniffer must not crash (fuzzing)."""
+    path = _nifti(d, np.full((4, 4, 3), -500, np.int16))
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0b110  # first deflate block header after the 10-byte gzip header: "invalid block type"
+    path.write_bytes(bytes(data))
+    return path
 
 
 # --------------------------------------------------------------------------------------------------- images
@@ -790,3 +822,14 @@ def test_real_process_library_warnings_stay_off_stderr(tmp_path):
     proc = _run_cli("info", path)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_nifti_size_limit_counts_stored_bytes(tmp_path):
+    """A float64 .nii.gz decompresses to 8 bytes per voxel: the uncompressed-size limit counts those, not the
+    4 bytes per voxel of the float32 result (a few MB of gzip could otherwise make the server inflate twice the
+    limit)."""
+    path = _nifti(tmp_path, np.zeros((16, 16, 8), np.float64), "f64.nii.gz")  # 2048 voxels: 16 KiB stored
+    assert path.stat().st_size < 1000
+    with pytest.raises(UnsafeInputError, match=r"f64.nii.gz: \(16, 16, 8\) voxels need more than 12000 bytes"):
+        load_volume(path, limits=Limits(max_total_bytes=12000))
+    assert load_volume(path, limits=Limits(max_total_bytes=16384)).shape == (8, 16, 16)
