@@ -114,7 +114,7 @@ def test_truncation(series, root, which, keep):
     check(damaged(series, which, data[: int(len(data) * keep)]), root)
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=150)
 @given(
     which=st.integers(0, 2),
     edits=st.lists(st.tuples(st.sampled_from(FIELDS), RAW_VALUE), min_size=1, max_size=4, unique_by=lambda e: e[0]),

@@ -140,7 +140,7 @@ def test_truncation(nii, root, name, keep):
     check(name, raw[: int(len(raw) * keep)], root)
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=150)
 @given(
     name=NAMES,
     edits=st.lists(st.sampled_from(sorted(FIELDS)), min_size=1, max_size=4, unique=True).flatmap(

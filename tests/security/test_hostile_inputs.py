@@ -11,6 +11,7 @@ colour, header values that do not parse, lying or encrypted zips, Windows paths,
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import stat
@@ -255,8 +256,8 @@ for _mod in ("PT", "MR", "US", "NM", "SEG", "OT"):
         rewrite(paths, lambda ds: setattr(ds, "Modality", mod))
         return d / "s"
 
-    fragment = rf"modality is {_mod} \(CT Image Storage\), not CT"
-    refused(f"dicom-modality-{_mod}", UnsupportedInputError, fragment)(_build)
+    _fragment = rf"modality is {_mod} \(CT Image Storage\), not CT"
+    refused(f"dicom-modality-{_mod}", UnsupportedInputError, _fragment)(_build)
 
 
 @refused("dicom-real-rtdose", UnsupportedInputError, r"modality is RTDOSE \(RT Dose Storage\), not CT")
@@ -455,7 +456,7 @@ def _(d):
     return path
 
 
-@refused("zip-lies-about-size", CorruptInputError, r"upload.zip: not a readable zip archive \(Bad CRC-32")
+@refused("zip-lies-about-size", CorruptInputError, r"zip entry 'a.dcm' cannot be decompressed, .*\(Bad CRC-32")
 def _(d):
     path = _zip(d, {"a.dcm": bytes(2 << 20)}, compression=zipfile.ZIP_DEFLATED)
     _patch_central(path, 24, 100)  # claims 100 bytes, holds 2 MB: extraction stops at 100 and the CRC fails
@@ -681,6 +682,7 @@ def _check_one_line(res, error: type[IchdemoError], fragment: str, tmp_path: Pat
     assert "Traceback" not in res.err and str(tmp_path) not in res.err
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")  # pydicom/numpy on damaged values
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_refused_by_loader_and_cli(name, tmp_path, sandbox, cli):
     build, error, fragment = CASES[name]
@@ -797,8 +799,10 @@ def test_loader_keeps_serving_after_hostile_inputs(tmp_path):
 
 # ------------------------------------------------------------------------------------------- real processes
 def _run_cli(*args) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # the default warning filters, as a user
     return subprocess.run(
-        [sys.executable, "-m", "ichdemo", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "ichdemo", *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=120,
     )
 
 

@@ -137,24 +137,41 @@ def test_predict_and_exports_carry_no_identifiers(series, tmp_path, tiny_model, 
     assert str(seg.get("PatientName", "")) == "" and str(seg.get("PatientID", "")) == ""
 
 
-def test_keep_phi_is_the_only_way_identifiers_reach_an_export(series, tmp_path, tiny_model, cli):
+def test_keep_phi_is_the_only_way_identifiers_reach_an_export(tmp_path, tiny_model, cli):
     """The same search finds the identifiers once the user asks to keep them: the test above can fail."""
+    series = _series(tmp_path / "study", BIRTH, n=2)
     out = tmp_path / "pred"
     res = cli("predict", series, "--model", tiny_model, "--out", out, "--format", "dicom-seg", "--keep-phi")
     assert res.rc == 0, res.err
     found = _phi_in_files(out)
     seg_files = [name for name in found if name.endswith(".dcm")]
-    assert seg_files and {"ZZSECRET", "PIDSECRET4711"} <= set(found[seg_files[0]])
+    assert seg_files and {"ZZSECRET", "PIDSECRET4711", "19451231"} <= set(found[seg_files[0]])
     assert "report.json" not in found  # the report stays clean even then
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="predict stores the absolute input path in report.json (input.paths) for `ichdemo export`; a folder "
-    "named after the patient ends up in the report. Proposal: move it to a separate sidecar (see SECURITY.md)",
+    raises=ValueError,
+    reason="with --keep-phi, highdicom refuses the malformed PatientBirthDate copied from the source with a raw "
+    "ValueError (ichdemo/export/dicom_seg.py, not owned here): a traceback instead of a one-line error",
 )
-def test_report_does_not_repeat_a_folder_named_after_the_patient(tmp_path, tiny_model, cli):
+def test_keep_phi_with_a_malformed_birth_date_fails_cleanly_or_works(tmp_path, tiny_model, cli):
+    series = _series(tmp_path / "study", BAD_BIRTH, n=2)
+    res = cli("predict", series, "--model", tiny_model, "--out", tmp_path / "pred", "--format", "dicom-seg",
+              "--keep-phi")
+    assert res.rc == 0 or (res.rc == 2 and res.err.count("\n") == 1), res.err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the input's folder name travels: report.json stores the absolute input path (input.paths, for "
+    "`ichdemo export`), and every export is named after the input and records it (export.json, COCO, Label Studio, "
+    "CVAT, PNG text chunks). A folder named after the patient ends up in all of them. Proposal in SECURITY.md",
+)
+def test_outputs_do_not_repeat_a_folder_named_after_the_patient(tmp_path, tiny_model, cli):
     folder = _series(tmp_path / "ZZSECRET_QUIXOTE_19451231", BIRTH, n=2)
-    res = cli("predict", folder, "--model", tiny_model, "--out", tmp_path / "pred")
+    out = tmp_path / "pred"
+    res = cli("predict", folder, "--model", tiny_model, "--out", out, "--format", "all")
     assert res.rc == 0, res.err
-    assert _leaks((tmp_path / "pred" / "report.json").read_text()) == []
+    assert _phi_in_files(out) == {}
+    assert _leaks(" ".join(str(p.relative_to(out)) for p in out.rglob("*"))) == []
