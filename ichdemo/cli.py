@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from ichdemo import __version__, hub
@@ -49,6 +50,7 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from ichdemo.export.predictions import EXPORT_NAME
     from ichdemo.io import load_volume
     from ichdemo.predict import analyze, load_model, write_outputs
     from ichdemo.quantify import parse_thresholds
@@ -71,7 +73,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         vols = ", ".join(f"{k} {v:.2f} mL" for k, v in report["volumes_ml"].items())
         print(f"{inp}: {vol.shape[0]} slices -> {target} ({vols})")
         if formats:
-            _export(analysis.labels(thresholds), vol, formats, target, lm.describe(), thresholds, args.keep_phi, name)
+            _export(analysis.labels(thresholds), vol, formats, target, lm.describe(), thresholds, args.keep_phi,
+                    EXPORT_NAME)
     return 0
 
 
@@ -221,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    if not args.debug:  # library warnings (pydicom on odd headers...) would break the one-line error contract
+        warnings.simplefilter("ignore")
     try:
         return args.func(args)
     except IchdemoError as err:

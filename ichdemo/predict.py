@@ -35,6 +35,9 @@ from ichdemo.transforms import ResizeSpec, prepare
 from ichdemo.volume import Volume
 
 
+SOURCE_NAME = "source.json"
+
+
 @dataclass
 class LoadedModel:
     """A model ready for inference, with its config and where it came from."""
@@ -206,8 +209,9 @@ def write_outputs(
     labels/<stem>.png. Every file is written atomically.
 
     Args:
-        source_paths: where the input came from, recorded in report.json under input.paths so that
-            `ichdemo export PRED_DIR` can re-read the source geometry (e.g. DICOM UIDs for DICOM SEG).
+        source_paths: where the input came from, written to a local sidecar ``source.json`` (not into the report,
+            since folder names may carry patient names) so that `ichdemo export PRED_DIR` can re-read the source
+            geometry (e.g. DICOM UIDs for DICOM SEG).
 
     Returns:
         {"labels": ..., "heatmaps": ..., "report": ..., "label_pngs": folder (image input only)}.
@@ -229,10 +233,12 @@ def write_outputs(
     np.savez_compressed(buf, **{c: analysis.maps255[:, k].astype(np.float16) for k, c in enumerate(CLASSES)},
                         probs=analysis.probs)
     write_bytes(paths["heatmaps"], buf.getvalue())
-    report = analysis.report(labels, thresholds, vol)
+    write_text(paths["report"], json.dumps(analysis.report(labels, thresholds, vol), indent=2) + "\n")
     if source_paths:
-        report["input"]["paths"] = [str(Path(p).resolve()) for p in source_paths]
-    write_text(paths["report"], json.dumps(report, indent=2) + "\n")
+        paths["source"] = write_text(out / SOURCE_NAME, json.dumps({
+            "note": "local only: where predict read its input (for `ichdemo export`); may name the patient, do not share",
+            "paths": [str(Path(p).resolve()) for p in source_paths],
+        }, indent=2) + "\n")
     if vol.source == "image":
         paths["label_pngs"] = _write_label_pngs(labels, vol, out / "labels")
     return paths

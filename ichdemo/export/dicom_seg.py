@@ -32,7 +32,7 @@ from pydicom.uid import generate_uid
 from ichdemo import __version__
 from ichdemo.atomic import atomic_path
 from ichdemo.constants import CLASS_COLORS, CLASSES
-from ichdemo.errors import UnsupportedInputError
+from ichdemo.errors import CorruptInputError, UnsupportedInputError
 from ichdemo.export import codes
 from ichdemo.export.deid import basic_profile, mark_deidentified
 from ichdemo.export.job import ExportJob
@@ -196,7 +196,17 @@ def build(job: ExportJob) -> Dataset:
     hd = _hd()
     headers, _ = source_headers(job.volume, job.keep_phi)
     prov = job.provenance
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(hd, headers, job, prov)
+    except ValueError as err:  # highdicom validates copied attributes (e.g. a malformed birth date with --keep-phi)
+        raise CorruptInputError(f"cannot build a DICOM SEG from this series: {err}".splitlines()[0]) from None
+    if not job.keep_phi:
+        mark_deidentified(seg)
+    return seg
+
+
+def _segmentation(hd, headers: list[Dataset], job: ExportJob, prov) -> Dataset:
+    return hd.seg.Segmentation(
         source_images=headers,
         pixel_array=segment_array(job),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -220,9 +230,6 @@ def build(job: ExportJob) -> Dataset:
         ],
         omit_empty_frames=True,
     )
-    if not job.keep_phi:
-        mark_deidentified(seg)
-    return seg
 
 
 def write(job: ExportJob) -> Path:

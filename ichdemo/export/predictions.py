@@ -1,6 +1,6 @@
 """Read a ``predict`` output folder back for ``python -m ichdemo export PRED_DIR``.
 
-``report.json`` names the input (``input.paths``), the model and the thresholds; ``labels.nii.gz`` holds the label
+``source.json`` (a local sidecar) names the input, ``report.json`` the model and the thresholds; ``labels.nii.gz`` holds the label
 map on the source grid. The source is read again with ``load_volume`` (its geometry and, for DICOM, the UIDs a
 DICOM SEG must reference), and the label map is put back onto that volume's grid without resampling.
 """
@@ -16,7 +16,11 @@ import numpy as np
 
 from ichdemo.errors import ConfigError
 from ichdemo.export.nifti import labels_from_nifti
+from ichdemo.predict import SOURCE_NAME
 from ichdemo.volume import Volume
+
+EXPORT_NAME = "draft"
+"""File-name stem of exports: neutral, since an input's own name may be the patient's (issue 9, privacy)."""
 
 
 @dataclass
@@ -40,16 +44,20 @@ def _report(folder: Path) -> dict:
         raise ConfigError(f"{path}: not valid JSON ({err.msg})") from None
 
 
-def _source_paths(report: dict, folder: Path) -> list[str]:
-    paths = (report.get("input") or {}).get("paths") or []
+def _source_paths(folder: Path) -> list[str]:
+    sidecar = folder / SOURCE_NAME
+    try:
+        paths = json.loads(sidecar.read_text()).get("paths") or []
+    except (OSError, json.JSONDecodeError, AttributeError):
+        paths = []
     if not paths:
         raise ConfigError(
-            f"{folder / 'report.json'} does not say where the input is (input.paths); run predict again "
-            "with this version, or export straight from predict with --format"
+            f"{sidecar} is missing or names no input; run predict again with this version, "
+            "or export straight from predict with --format"
         )
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
-        raise ConfigError(f"the source input has moved or is gone: {missing[0]} (from {folder / 'report.json'})")
+        raise ConfigError(f"the source input has moved or is gone: {missing[0]} (from {sidecar})")
     return paths
 
 
@@ -64,8 +72,7 @@ def read_prediction(folder: str | Path) -> Prediction:
 
     folder = Path(folder)
     report = _report(folder)
-    paths = _source_paths(report, folder)
+    paths = _source_paths(folder)
     volume = load_volume(paths[0] if len(paths) == 1 else paths)
     labels = labels_from_nifti(folder / "labels.nii.gz", volume)
-    name = Path(paths[0]).name.split(".")[0] if len(paths) == 1 else Path(paths[0]).parent.name
-    return Prediction(labels, volume, report.get("model") or {}, report.get("thresholds") or {}, name or "labels")
+    return Prediction(labels, volume, report.get("model") or {}, report.get("thresholds") or {}, EXPORT_NAME)

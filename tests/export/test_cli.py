@@ -102,6 +102,6 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert "not a predict output folder" in capsys.readouterr().err
     (tmp_path / "report.json").write_text(json.dumps({"input": {}}))
     assert main(["export", str(tmp_path), "--format", "nifti", "--out", str(tmp_path / "o")]) == 2
-    assert "input.paths" in capsys.readouterr().err
+    assert "source.json is missing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path)])  # --format and --out are required
