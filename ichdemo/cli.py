@@ -55,7 +55,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ichdemo.predict import analyze, load_model, write_outputs
     from ichdemo.quantify import parse_thresholds
 
-    lm = load_model(args.model or hub.default_model(), device=args.device)
+    lm = load_model(args.model or hub.default_model(), device=args.device, runtime=args.runtime)
     thresholds = lm.thresholds.replace(
         class_thresholds=parse_thresholds(args.class_thresholds, "class") if args.class_thresholds else None,
         mask_thresholds=parse_thresholds(args.mask_thresholds, "mask") if args.mask_thresholds else None,
@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mask-thresholds", help="5 comma-separated heatmap levels (IPH,IVH,SAH,SDH,EDH) in [0, 255]")
     pr.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
     pr.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    pr.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                    help="run the network in PyTorch or on ONNX Runtime (exported and cached on first use)")
     pr.add_argument("--format", help=f"also export: comma-separated {_FORMATS_HELP}")
     pr.add_argument("--keep-phi", action="store_true", help="keep patient name/ID/birth date in DICOM SEG exports")
     pr.set_defaults(func=_cmd_predict)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from ichdemo import __version__, hub
 from ichdemo.atomic import atomic_path, write_bytes, write_text
 from ichdemo.cam import heatmaps
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
+from ichdemo.errors import ConfigError
 from ichdemo.models.checkpoint import load_pretrained
 from ichdemo.models.registry import normalize_input
 from ichdemo.quantify import Thresholds, abc2_ml, algorithm1, scale_heatmaps, volumes_ml
@@ -47,6 +49,7 @@ class LoadedModel:
     ref: hub.ModelRef
     device: torch.device
     weights_sha256: str = ""
+    onnx: Any = None  # an ichdemo.onnx_model.OnnxModel when loaded with runtime="onnx"
 
     @property
     def name(self) -> str:
@@ -87,6 +90,7 @@ class LoadedModel:
             "input_size": self.input_size,
             "heatmap_size": self.heatmap_size,
             "trained": bool(self.config.get("provenance")),
+            "runtime": "onnx" if self.onnx is not None else "torch",
         }
 
 
@@ -101,16 +105,45 @@ def _weights_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def load_model(ref: str | Path, device: str | torch.device | None = None) -> LoadedModel:
+def load_model(ref: str | Path, device: str | torch.device | None = None, runtime: str = "torch") -> LoadedModel:
     """Resolve a model reference (bundled name, folder, hf://owner/repo@rev) and load it for inference.
+
+    Args:
+        ref: the model reference.
+        device: torch device (default: CUDA when available).
+        runtime: "torch", or "onnx" to run on ONNX Runtime (the folder's model.onnx, else an export cached under
+            ~/.cache/ichdemo/onnx).
 
     Raises:
         ModelError: the reference cannot be resolved or the checkpoint cannot be built.
     """
+    if runtime not in ("torch", "onnx"):
+        raise ConfigError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
     found = hub.resolve(ref)
     dev = torch.device(device) if device is not None else _default_device()
     model, config = load_pretrained(found.folder, map_location=dev)
-    return LoadedModel(model.eval(), config, found, dev, _weights_digest(found.folder))
+    lm = LoadedModel(model.eval(), config, found, dev, _weights_digest(found.folder))
+    if runtime == "onnx":
+        from ichdemo.onnx_model import OnnxModel
+
+        lm.onnx = OnnxModel(_onnx_file(lm), threads=torch.get_num_threads())
+    return lm
+
+
+def _onnx_file(lm: LoadedModel) -> Path:
+    """The checkpoint's own model.onnx, else an export of it cached by weights digest and input size."""
+    from ichdemo.onnx_model import export_onnx
+
+    own = lm.ref.folder / "model.onnx"
+    if own.is_file():
+        return own
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ichdemo" / "onnx"
+    path = cache / f"{lm.weights_sha256[:16]}_{lm.input_size}.onnx"
+    if not path.is_file():
+        with atomic_path(path, suffix=".onnx") as tmp:
+            export_onnx(lm.model.cpu(), tmp, lm.input_size)
+            lm.model.to(lm.device)
+    return path
 
 
 @dataclass
@@ -167,8 +200,13 @@ def _run_batches(lm: LoadedModel, x: np.ndarray, batch_size: int, method: str) -
     """Network over (S, 3, size, size) in batches -> probs (S, 5) float32, native maps (S, 5, h, w) float32."""
     probs, maps = [], []
     for s0 in range(0, x.shape[0], batch_size):
-        xt = torch.from_numpy(x[s0 : s0 + batch_size]).to(lm.device)
-        res = heatmaps(lm.model, normalize_input(xt, lm.model.ich_cfg), method=method)
+        xt = normalize_input(torch.from_numpy(x[s0 : s0 + batch_size]).to(lm.device), lm.model.ich_cfg)
+        if lm.onnx is not None and method == "auto":
+            out = lm.onnx.run(xt.cpu().numpy())
+            probs.append(1.0 / (1.0 + np.exp(-out["logits"])))
+            maps.append(out["heatmap"])
+            continue
+        res = heatmaps(lm.model, xt, method=method)
         probs.append(res.probs.detach().float().cpu().numpy())
         maps.append(res.raw.detach().float().cpu().numpy())
     return np.concatenate(probs), np.concatenate(maps)

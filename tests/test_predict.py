@@ -19,7 +19,7 @@ from ichdemo.quantify import Thresholds, volumes_ml
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     out = {}
-    for name in ("lse_unet_mobilenetv3_small_050", "gap_mobilenetv3_small_050"):
+    for name in ("lse_unet_mobilenetv3_small_050", "gap_mobilenetv3_small_050", "gap_tf_efficientnet_lite0"):
         model = create_model(name, pretrained=False)
         out[name] = save_pretrained(model, root / name, {"input_size": [3, 64, 64]})
     return out
@@ -114,3 +114,25 @@ def test_cli_predict_unreadable_input(tiny_models, tmp_path, capsys):
     rc = main(["predict", str(bad), "--model", str(tiny_models["gap_mobilenetv3_small_050"]), "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err
+
+
+@pytest.mark.parametrize("name", ["lse_unet_mobilenetv3_small_050", "gap_tf_efficientnet_lite0"])
+def test_onnx_runtime_matches_torch(tiny_models, series, name, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    vol = load_volume(series)
+    ref = analyze(load_model(tiny_models[name]), vol)
+    lm = load_model(tiny_models[name], runtime="onnx")
+    got = analyze(lm, vol)
+    assert lm.describe()["runtime"] == "onnx"
+    assert list((tmp_path / "cache" / "ichdemo" / "onnx").glob("*.onnx"))  # exported once, cached
+    np.testing.assert_allclose(got.probs, ref.probs, atol=1e-3)
+    np.testing.assert_allclose(got.native.astype(np.float32), ref.native.astype(np.float32), atol=1e-3, rtol=1e-2)
+    assert np.abs(got.maps255.astype(int) - ref.maps255.astype(int)).max() <= 2
+
+
+def test_onnx_runtime_refuses_a_gap_model_without_a_closed_form_cam(tiny_models, tmp_path, monkeypatch):
+    from ichdemo.errors import ModelError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(ModelError, match="no closed form"):  # mobilenetv3 has a conv head after pooling
+        load_model(tiny_models["gap_mobilenetv3_small_050"], runtime="onnx")

@@ -220,6 +220,7 @@ def run_stage(
         res, step = engine.train_epoch(net, loss_fn, train_loader, optimizer, cfg, rt, base_lr, epoch, step,
                                        cfg.seed + 1000 * stage_idx, desc=f"{stage.name} {epoch + 1}/{stage.epochs}")
         record: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "loss": res.loss,
+                                  "images": res.images * rt.world_size, "seconds": round(res.seconds, 2),
                                   "img_s": res.images * rt.world_size / max(res.seconds, 1e-9),
                                   "lr": optimizer.param_groups[0]["lr"], "terms": res.terms}
         if rt.is_main:

@@ -1,0 +1,92 @@
+"""End to end on phantoms, as CI runs it: train -> calibrate -> evaluate (JSON, HTML, markdown) -> export ONNX.
+
+The Dice floor is one a broken pipeline does not reach: misaligned or random heatmaps, a class gate that never
+opens, or masks on the wrong grid all score near zero (measured values are in the comments).
+"""
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from ichdemo.models import load_pretrained
+from ichdemo.quantify import Thresholds
+from train import calibrate, evaluate, export_onnx, push_to_hub
+from train import train as train_script
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "train" / "configs" / "smoke.yaml"
+DICE_FLOOR = 0.25
+"""Any-hemorrhage Dice on held-out phantoms after the smoke run (measured: see the module docstring)."""
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    assert train_script.main(["--config", str(SMOKE), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_checkpoint_layout_and_provenance(smoke_run):
+    names = {p.name for p in smoke_run.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "train_config.yaml", "split.json", "history.json",
+            "state.pt", "stage1"} <= names
+    model, config = load_pretrained(smoke_run)
+    assert config["family"] == "lse_unet" and config["input_size"] == [3, 128, 128]
+    assert config["window"]["centre"] == 25.0 and config["window"]["width"] == 130.0
+    prov = config["provenance"]
+    assert prov["command"].endswith(f"--config {SMOKE} --out {smoke_run}") or "train.train" in prov["command"]
+    assert prov["data"]["spec"] == "phantom:16" and prov["epochs"] == {"stage1": 1, "main": 2}
+    assert prov["git_commit"] and prov["machine"]["device"] == "cpu" and prov["seconds"] > 0
+    history = json.loads((smoke_run / "history.json").read_text())
+    assert [h["stage"] for h in history] == ["stage1", "main", "main"]
+    assert all(0.0 <= h["val_auroc"]["AVG"] <= 1.0 for h in history)
+    assert "Validation AUROC" in (smoke_run / "README.md").read_text()
+    stage1, _ = load_pretrained(smoke_run / "stage1")
+    assert stage1.family == "gap"
+
+
+@pytest.mark.slow
+def test_calibrate_evaluate_export(smoke_run, tmp_path, capsys):
+    assert calibrate.main(["--model", str(smoke_run), "--data", "phantom:16"]) == 0
+    config = json.loads((smoke_run / "config.json").read_text())
+    t = Thresholds.from_config(config)
+    assert config["calibration"]["mask_part"] == "val"
+    assert all(25 <= m <= 200 for m in t.mask_thresholds) and all(0 <= c <= 1 for c in t.class_thresholds)
+
+    out_json, out_html, out_md = tmp_path / "e.json", tmp_path / "e.html", tmp_path / "e.md"
+    assert evaluate.main(["--model", str(smoke_run), "--data", "phantom:8:777", "--json", str(out_json),
+                          "--html", str(out_html), "--md", str(out_md), "--overlays", "2"]) == 0
+    res = json.loads(out_json.read_text())
+    cal = res["dice"]["calibrated"]
+    assert set(res["dice"]) == {"calibrated", "tuned_on_eval", "lopo", "true_gate"}
+    assert set(cal["per_class"]) == {"Normal", "IPH", "IVH", "SAH", "SDH", "EDH", "AVG"}
+    assert cal["per_class"]["Normal"] > 0.9
+    assert cal["any"]["ICH"] >= DICE_FLOOR, cal
+    assert res["auroc"]["AVG"] > 0.6
+    html = out_html.read_text()
+    assert "plotly" in html.lower() and "data:image/png;base64," in html and "<script" in html
+    assert "cdn.plot.ly" not in html  # self-contained
+    assert "| calibrated |" in out_md.read_text()
+
+    onnx_path = tmp_path / "model.onnx"
+    capsys.readouterr()
+    assert export_onnx.main(["--model", str(smoke_run), "--out", str(onnx_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["logits_max_abs_diff"] < 1e-3 and report["heatmap_max_abs_diff"] < 1e-3
+    assert report["heatmap_scale"] > 0  # the comparison saw non-trivial maps
+    graph = onnx.load(str(onnx_path)).graph
+    assert [o.name for o in graph.output] == ["logits", "heatmap"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+@pytest.mark.slow
+def test_push_to_hub_dry_run(smoke_run, capsys):
+    assert push_to_hub.main(["--model", str(smoke_run), "--repo-id", "someone/ichdemo-smoke", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    files = {f["path"] for f in plan["files"]}
+    assert {"config.json", "model.safetensors", "README.md", "split.json"} <= files
+    assert "state.pt" not in files and not any(f.startswith("best_") for f in files)
+    assert plan["repo_id"] == "someone/ichdemo-smoke"
