@@ -24,7 +24,9 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
     "subdural": (80.0, 200.0),
     "bone": (40.0, 380.0),
+    "ctich": (40.0, 120.0),
 }
-"""Window presets as (centre, width) in HU; "paper" is the method's default (METHOD.md, Input)."""
+"""Window presets as (centre, width) in HU; "paper" is the method's default (METHOD.md, Input); "ctich" is the window
+baked into the CT-ICH JPEGs (level 40, width 120), which a model trained on them applies to HU input."""
 
 RESEARCH_NOTICE = "Research use only: draft output of a weakly supervised model, not a diagnosis."

@@ -47,6 +47,7 @@ class TrainConfig:
     steps_per_epoch: int = 0
     grad_clip: float = 0.0
     hloss: bool = True
+    prior_init: float = 0.0
     pos_weight: bool = False
     pos_weight_cap: float = 10.0
     sampling_power: float = 0.5
@@ -92,6 +93,8 @@ HELP: dict[str, str] = {
     "steps_per_epoch": "optimiser steps per epoch (0: one pass over the training slices)",
     "grad_clip": "clip the gradient norm to this value (0: no clipping)",
     "hloss": "lse_unet: add the hierarchical consistency loss HLoss (paper: yes)",
+    "prior_init": "initialise the class heads so every slice starts at this probability (RetinaNet-style prior, "
+    "e.g. 0.1; 0: the model's own init)",
     "pos_weight": "weight positive slices in the BCE by negatives/positives per subtype",
     "pos_weight_cap": "upper bound of pos_weight",
     "sampling_power": "weighted sampling: weight = count(group)^-power (0 uniform, 1 balanced subtypes/normal)",
@@ -193,6 +196,8 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.prior_init < 1.0:
+        raise ConfigError(f"prior_init must be in [0, 1), got {cfg.prior_init}")
     if cfg.stage1_epochs < 0 or cfg.steps_per_epoch < 0:
         raise ConfigError("stage1_epochs and steps_per_epoch must be >= 0")
 

@@ -135,6 +135,26 @@ def build_model(cfg: TrainConfig, family: str, encoder_weights: Path | None = No
     return model
 
 
+def init_prior(model: nn.Module, prior: float, input_size: int) -> None:
+    """Set the class-head biases so an untrained model predicts ``prior`` on every slice (RetinaNet's prior init).
+
+    For ``gap`` the linear head's bias is logit(prior). For ``lse_unet`` a constant map c pools to r*c (+ log n
+    without ``lse_mean``), so each level's head bias is (logit(prior) - [log n_k]) / r: the maps start uniformly
+    below zero and only evidence lifts a region above it.
+    """
+    if prior <= 0:
+        return
+    logit = math.log(prior / (1.0 - prior))
+    with torch.no_grad():
+        if model.family == "gap":
+            model.backbone.get_classifier().bias.fill_(logit)
+            return
+        for k, level in enumerate(model.levels):
+            n = (input_size // (4 * 2**k)) ** 2
+            offset = 0.0 if model.lse_mean else math.log(n)
+            level.head.bias.fill_((logit - offset) / model.lse_r)
+
+
 def save_encoder_weights(gap_model: nn.Module, path: Path) -> Path:
     """Write a stage-1 classifier's backbone as a timm-key safetensors file (what ``build_model`` reads)."""
     from safetensors.torch import save_file

@@ -146,10 +146,11 @@ def checkpoint_config(cfg: TrainConfig, data: Data, prov: dict) -> dict:
     """Entries written into config.json next to the model's own (architecture, mean/std...)."""
     from ichdemo.transforms import resolve_window
 
-    centre, width = resolve_window(cfg.window)
+    preset = (data.source.window or cfg.window) if data.source.prewindowed else cfg.window
+    centre, width = resolve_window(preset)
     return {
         "input_size": [3, cfg.input_size, cfg.input_size],
-        "window": {"centre": centre, "width": width, "preset": cfg.window},
+        "window": {"centre": centre, "width": width, "preset": preset},
         "preprocessing": {
             "stack": "3 consecutive slices as channels, edge slice repeated",
             "training_input": "pre-windowed 8-bit images" if data.source.prewindowed else f"HU, window {cfg.window}",
@@ -197,7 +198,9 @@ def run_stage(
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train one stage, resuming from ``state`` when it belongs to this stage; returns the kept model and history."""
     engine.seed_everything(cfg.seed + 1000 * stage_idx)
-    model = engine.build_model(cfg, stage.family, encoder_weights).to(rt.device)
+    model = engine.build_model(cfg, stage.family, encoder_weights)
+    engine.init_prior(model, cfg.prior_init, cfg.input_size)
+    model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     _, base_lr, _ = engine.resolve_optimizer(cfg)

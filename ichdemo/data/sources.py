@@ -25,7 +25,8 @@ class DataSource:
         kind: "ctich", "phantom", "rsna" or "bhsd".
         series: one ``Series`` per scan.
         prewindowed: True when the pixels carry a baked-in display window (CT-ICH JPEGs).
-        window: the HU window applied to HU sources (preset name), None for pre-windowed ones.
+        window: the HU window applied to HU sources (preset name); for pre-windowed ones the window baked into
+            the pixels, which HU input must get at inference (None when unknown).
         masked_patients: patients that have pixel masks (evaluation only).
         notes: facts worth a line in a report (skipped files, assumptions).
     """
@@ -106,7 +107,7 @@ def open_source(
         from ichdemo.data.ctich import MASKED_PATIENTS, ctich_series
 
         series = ctich_series(folder)
-        return DataSource(spec, kind, list(series), True, None, MASKED_PATIENTS)
+        return DataSource(spec, kind, list(series), True, "ctich", MASKED_PATIENTS)
     if kind == "rsna":
         from ichdemo.data.rsna import rsna_series
 
