@@ -125,9 +125,22 @@ def machine(rt: engine.Runtime) -> dict[str, Any]:
     return info
 
 
-def provenance(cfg: TrainConfig, data: Data, rt: engine.Runtime, history: list[dict], seconds: float) -> dict:
+def command_for(cfg: TrainConfig) -> str:
+    """A command line that reproduces ``cfg``: every option that differs from the defaults, as a flag."""
+    defaults = to_dict(TrainConfig())
+    args = ["python", "-m", "train.train"]
+    for key, value in to_dict(cfg).items():
+        if value != defaults[key]:
+            text = json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) \
+                else str(value)
+            args += [f"--{key}", text]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def provenance(cfg: TrainConfig, data: Data, rt: engine.Runtime, history: list[dict], seconds: float,
+               command: str | None = None) -> dict:
     return {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], "-m", "train.train", *sys.argv[1:]]),
+        "command": command or command_for(cfg),
         "git_commit": git_commit(),
         "data": {"spec": cfg.data, "kind": data.source.kind, "train_patients": len(data.split.train),
                  "val_patients": len(data.split.val), "test_patients": data.split.test,
@@ -258,8 +271,14 @@ def _log(record: dict) -> None:
           f"val AUROC {parts}", file=sys.stderr, flush=True)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run every stage and write the checkpoint folder; returns it (the same in every DDP process)."""
+def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) -> Path:
+    """Run every stage and write the checkpoint folder; returns it (the same in every DDP process).
+
+    Args:
+        cfg: the resolved options.
+        resume: continue from ``state.pt`` in ``cfg.out``.
+        command: the command line to record in the provenance (default: one rebuilt from ``cfg``).
+    """
     t0 = time.perf_counter()
     rt = engine.setup_runtime(cfg)
     out = Path(cfg.out)
@@ -287,7 +306,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             engine.barrier(rt)
             encoder_weights = out / "stage1" / "encoder.safetensors" if stage.name == "stage1" else encoder_weights
         if rt.is_main:
-            prov = provenance(cfg, data, rt, history, time.perf_counter() - t0)
+            prov = provenance(cfg, data, rt, history, time.perf_counter() - t0, command)
             config = checkpoint_config(cfg, data, prov)
             save_pretrained(model, out, config)
             saved = json.loads((out / "config.json").read_text())
@@ -307,6 +326,7 @@ def _save_stage1(model, cfg: TrainConfig, data: Data, rt: engine.Runtime, out: P
     save_pretrained(model, folder, checkpoint_config(cfg, data, prov))
     engine.save_encoder_weights(model, folder / "encoder.safetensors")
     (folder / "history.json").write_text(json.dumps(history, indent=2))
+    data.split.save(folder)  # calibrate/evaluate of the stage-1 gap checkpoint need the same held-out patients
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -325,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
-        out = train(cfg, resume=args.resume)
+        argv = sys.argv[1:] if argv is None else argv
+        out = train(cfg, resume=args.resume, command=" ".join(shlex.quote(a) for a in
+                                                              ["python", "-m", "train.train", *argv]))
     except (IchdemoError, ConfigError) as err:
         if args.debug:
             raise
