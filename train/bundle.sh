@@ -24,10 +24,18 @@ bundle() {  # run folder, bundled name
   $PY -m train.calibrate --model "$run" --data "$DATA"
   $PY -m train.evaluate --model "$run" --data "$DATA" --json "$run/eval.json" --md "$run/eval.md" --html "$run/eval.html"
   rm -rf "checkpoints/$name" && mkdir -p "checkpoints/$name"
-  cp "$run/config.json" "$run"/model*.safetensors "checkpoints/$name/"
-  cp "$run/eval.json" "checkpoints/$name/eval.json"
+  cp "$run/config.json" "$run"/model*.safetensors "$run/eval.json" "checkpoints/$name/"
   $PY -m train.model_card --model "checkpoints/$name" --eval "$run/eval.json" --name "$name"
 }
 bundle runs/lse_unet_lite0 lse_unet_lite0
 bundle runs/lse_unet_lite0/stage1 gap_lite0
+$PY - <<'PYEOF'  # the stage-1 folder carries the whole run's provenance: say which part it is
+import json
+p = "checkpoints/gap_lite0/config.json"
+c = json.load(open(p))
+c["provenance"]["epochs"] = {"stage1": c["provenance"]["epochs"].get("stage1")}
+c["provenance"]["note"] = "the stage-1 classifier of the lse_unet_lite0 run (train.train saves it as stage1/)"
+json.dump(c, open(p, "w"), indent=2, sort_keys=True)
+PYEOF
+$PY -m train.model_card --model checkpoints/gap_lite0 --eval checkpoints/gap_lite0/eval.json --name gap_lite0
 bundle runs/gap_mobilenetv2 gap_mobilenetv2

@@ -49,6 +49,10 @@ def _metrics(ev: dict) -> list[str]:
     return out
 
 
+def _resumed(prov: dict) -> str:
+    return " (the last resumed process only)" if "--resume" in prov.get("command", "") else ""
+
+
 def card(config: dict, ev: dict | None, name: str) -> str:
     """The model card text."""
     prov = config.get("provenance") or {}
@@ -75,10 +79,12 @@ def card(config: dict, ev: dict | None, name: str) -> str:
         f"trained on the dataset's pre-windowed JPEGs; HU input is windowed at centre {w.get('centre')} / width "
         f"{w.get('width')} HU to match.",
         f"- Command: `{prov.get('command', '?')}`",
-        f"- Epochs: {prov.get('epochs')}; time {prov.get('seconds', 0) / 60:.0f} min on {machine.get('device', '?')} "
+        f"- Epochs: {prov.get('epochs')}; time {prov.get('seconds', 0) / 60:.0f} min{_resumed(prov)} on "
+        f"{machine.get('device', '?')} "
         f"({machine.get('cpu_threads', '?')} CPU threads, {machine.get('precision', '?')}, {machine.get('platform', '?')},"
         f" torch {machine.get('torch', '?')}); commit `{prov.get('git_commit', '?')}`.",
-        f"- Initial weights: {config.get('init_weights', 'none (from scratch)')}.", "",
+        f"- Initial weights: {config.get('init_weights', 'none (from scratch)')}.",
+        *([f"- Note: {prov['note']}."] if prov.get("note") else []), "",
         "## Thresholds (config.json)", "",
         f"- Class thresholds (IPH..EDH): {t.get('class_thresholds')}",
         f"- Mask thresholds (0..255 heatmap): {t.get('mask_thresholds')}; heatmap scale: {t.get('scale_mode')}",
