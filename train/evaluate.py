@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="write the results here (JSON)")
     p.add_argument("--html", help="also write a self-contained HTML report (plotly, inline JS)")
     p.add_argument("--md", help="also write a markdown table")
-    p.add_argument("--auroc-part", default="auto", help="split part for AUROC (auto: val with the saved split, else all)")
+    p.add_argument("--auroc-part", default="auto",
+                   help="split part for AUROC (auto: val with the saved split, else all)")
     p.add_argument("--mask-part", default="auto", help="split part whose masked slices score Dice (auto: test, else "
                    "val, else all)")
     p.add_argument("--method", default="auto", help="heatmap method: auto, gradcam, lse, guided_backprop, "

@@ -78,8 +78,9 @@ def markdown(results: dict) -> str:
 def summary_line(results: dict) -> str:
     """One line for the console."""
     cal = results.get("dice", {}).get("calibrated", {})
+    sub = (cal.get("subtype_mean") or {}).get("value")
     return (f"AUROC AVG {_fmt(results.get('auroc', {}).get('AVG'))}; Dice AVG "
-            f"{_fmt(cal.get('per_class', {}).get('AVG'))}, subtype mean {_fmt((cal.get('subtype_mean') or {}).get('value'))}, "
+            f"{_fmt(cal.get('per_class', {}).get('AVG'))}, subtype mean {_fmt(sub)}, "
             f"any ICH {_fmt((cal.get('any') or {}).get('ICH'))}")
 
 

@@ -79,7 +79,8 @@ def _load(image: Path, label: Path, window: str, label_items: tuple) -> tuple[np
     if lab.data.shape != vol.data.shape:
         raise UnsupportedInputError(f"{label.name}: label grid {lab.data.shape} differs from the image's "
                                     f"{vol.data.shape}")
-    return to_unit(vol.data, prewindowed=False, window_=window), convert_labels(lab.data, dict(label_items)), vol.spacing
+    unit = to_unit(vol.data, prewindowed=False, window_=window)
+    return unit, convert_labels(lab.data, dict(label_items)), vol.spacing
 
 
 class BHSDSeries(Series):
