@@ -76,7 +76,7 @@ class LoadedModel:
     @property
     def heatmap_size(self) -> int:
         """Native side of the heatmap in pixels: input/4 for lse_unet, the last feature map for Grad-CAM."""
-        return self.input_size // int(self.config.get("heatmap_stride", 4 if self.family == "lse_unet" else 32))
+        return heatmap_size(self.config)
 
     def describe(self) -> dict[str, Any]:
         """Plain facts for reports, the `models` command and the UI."""
@@ -92,6 +92,13 @@ class LoadedModel:
             "trained": bool(self.config.get("provenance")),
             "runtime": "onnx" if self.onnx is not None else "torch",
         }
+
+
+def heatmap_size(config: dict[str, Any]) -> int:
+    """Native heatmap side of a checkpoint config: input size / heatmap_stride (4 for lse_unet, else 32)."""
+    family = config.get("family", config.get("architecture", "gap"))
+    size = int((config.get("input_size") or [3, 512, 512])[-1])
+    return max(1, size // int(config.get("heatmap_stride", 4 if family == "lse_unet" else 32)))
 
 
 def _default_device() -> torch.device:

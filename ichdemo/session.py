@@ -82,12 +82,13 @@ class ModelInfo:
 def read_model_info(ref: str) -> ModelInfo:
     """Describe a model reference from its config.json (no weights are read).
 
-    The heatmap side follows ``LoadedModel.heatmap_size``: input size / ``heatmap_stride`` (4 for lse_unet, 32 for
-    the Grad-CAM baselines when the config does not say).
+    The heatmap side is ``ichdemo.predict.heatmap_size`` of the config, as for a loaded model.
 
     Raises:
         ModelError: the reference cannot be resolved or its config.json is unreadable.
     """
+    from ichdemo.predict import heatmap_size
+
     found = hub.resolve(ref)
     try:
         cfg = json.loads((found.folder / "config.json").read_text())
@@ -95,7 +96,6 @@ def read_model_info(ref: str) -> ModelInfo:
         raise ModelError(f"{ref}: config.json is not readable JSON ({err})") from err
     family = str(cfg.get("family", cfg.get("architecture", "gap")))
     size = int((cfg.get("input_size") or [3, 512, 512])[-1])
-    stride = int(cfg.get("heatmap_stride", 4 if family == "lse_unet" else 32))
     prov = cfg.get("provenance") or {}
     train_cfg = prov.get("config") if isinstance(prov, dict) else None
     hloss = train_cfg.get("hloss") if isinstance(train_cfg, dict) and family == "lse_unet" else None
@@ -106,7 +106,7 @@ def read_model_info(ref: str) -> ModelInfo:
         family,
         bool(prov),
         size,
-        max(1, size // stride),
+        heatmap_size(cfg),
         None if lse_r is None else float(lse_r),
         None if hloss is None else bool(hloss),
         str(cfg.get("version", "unversioned")),

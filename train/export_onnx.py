@@ -1,13 +1,7 @@
 """python -m train.export_onnx --model runs/smoke --out runs/smoke/model.onnx [--size 256] [--opset 17]
 
-Export a checkpoint to ONNX with two outputs and a dynamic batch axis:
-
-- ``logits`` (B, 5): the class scores (sigmoid gives the slice probabilities);
-- ``heatmap`` (B, 5, h, w): the raw heatmap that ``ichdemo.cam.heatmaps(method="auto")`` returns as ``raw``.
-  For ``lse_unet`` it is ReLU(f_0) at input/4. For ``gap`` with a linear head after global average pooling,
-  Grad-CAM has a closed form (the gradient of a logit with respect to the last feature map is the head's weight
-  row divided by h*w, constant over positions), ReLU(sum_k w_ck A_k) / (h*w), so it is exported as a forward
-  computation too.
+Export a checkpoint to ONNX with outputs ``logits`` and ``heatmap`` and a dynamic batch axis (see
+``ichdemo.onnx_model`` for what the heatmap output is for each model family).
 
 The input is the normalised model input (B, 3, size, size) (``ichdemo.models.normalize_input``). After export the
 file is checked with ``onnx.checker`` and run with ONNX Runtime on a batch of 2 random and 1 phantom-like images;
