@@ -1,4 +1,4 @@
-"""python -m train.calibrate --model runs/smoke --data phantom:24 [--scale-mode image|fixed|compare]
+"""python -m train.calibrate --model runs/smoke --data phantom:32 [--scale-mode image|fixed|compare]
 
 Calibrate Algorithm 1 for a trained checkpoint and write the result into its config.json (``"thresholds"``, read by
 ``ichdemo.quantify.Thresholds.from_config`` and the app), with a ``"calibration"`` report beside it:

@@ -136,10 +136,12 @@ class SliceStackDataset(Dataset):
 
     @property
     def labels(self) -> np.ndarray:
-        """(N, 5) slice labels of every item, in item order."""
+        """(N, 5) slice labels of every item, in item order (``items`` may be a subset of the slices)."""
         if not self.items:
             return np.zeros((0, len(CLASSES)), np.float32)
-        return np.concatenate([ser.labels for ser in self.series], axis=0)
+        offsets = np.cumsum([0] + [len(ser) for ser in self.series])
+        rows = [offsets[s] + i for s, i in self.items]
+        return np.concatenate([ser.labels for ser in self.series], axis=0)[rows]
 
     @property
     def patients(self) -> list[str]:

@@ -208,3 +208,11 @@ def test_ctich_series_real_data():
     assert item["image"].shape == (3, 128, 128) and item["has_mask"]
     assert set(item["mask"].unique().tolist()) <= {0, 4} and int((item["mask"] == 4).sum()) > 0
 
+
+
+def test_labels_follow_a_subset_of_items():
+    data = SliceStackDataset([_series("a", n=5, positive=1), _series("b", n=5, positive=4)], size=8)
+    assert data.labels.shape == (10, 5) and data.labels[2, 1] == 1 and data.labels[7, 4] == 1
+    data.items = [data.items[7], data.items[0]]
+    np.testing.assert_array_equal(data.labels, [[0, 0, 0, 0, 1], [0, 0, 0, 0, 0]])
+    assert data.patients == ["b", "a"]
