@@ -19,7 +19,7 @@ from pydicom.sr.codedict import codes
 # Table E.1-1 actions for the attributes of the modules a SEG copies (Patient, Clinical Trial Subject, General
 # Study, Patient Study, Clinical Trial Study) and for other identifying attributes found in CT headers. Attributes
 # with a "Z" (or "Z/D") action must stay present but empty (they are type 2 in the SEG); "X" ones are removed.
-EMPTY = (
+PATIENT_STUDY_TYPE2 = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -29,6 +29,9 @@ EMPTY = (
     "AccessionNumber",
     "StudyID",
     "ReferringPhysicianName",
+)
+"""The type-2 Patient and General Study attributes every SEG source header carries (empty when unknown)."""
+EMPTY = PATIENT_STUDY_TYPE2 + (
     "ContentCreatorName",
     "ClinicalTrialSponsorName",
     "ClinicalTrialProtocolID",

@@ -34,7 +34,7 @@ from ichdemo.atomic import atomic_path
 from ichdemo.constants import CLASS_COLORS, CLASSES
 from ichdemo.errors import CorruptInputError, UnsupportedInputError
 from ichdemo.export import codes
-from ichdemo.export.deid import basic_profile, mark_deidentified
+from ichdemo.export.deid import PATIENT_STUDY_TYPE2, basic_profile, mark_deidentified
 from ichdemo.export.job import ExportJob
 from ichdemo.export.provenance import DRAFT_LABEL
 from ichdemo.volume import DicomRef, Volume
@@ -95,17 +95,7 @@ def _rebuilt_header(ref: DicomRef, volume: Volume, i: int) -> Dataset:
     ds.SeriesInstanceUID = ref.series_instance_uid
     ds.FrameOfReferenceUID = ref.frame_of_reference_uid or generate_uid()
     ds.Modality = "CT"
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyDate",
-        "StudyTime",
-        "AccessionNumber",
-        "StudyID",
-        "ReferringPhysicianName",
-    ):
+    for keyword in PATIENT_STUDY_TYPE2:
         setattr(ds, keyword, None)
     ds.Rows, ds.Columns = volume.shape[1], volume.shape[2]
     ds.PixelSpacing = [f"{volume.spacing[1]:.6g}", f"{volume.spacing[2]:.6g}"]
