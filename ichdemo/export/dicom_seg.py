@@ -2,14 +2,15 @@
 
 What is in the file:
 - one BINARY segment per subtype present (numbered 1..n in class order), category SCT 49755003 "Morphologically
-  Altered Structure", type from ``ichdemo.export.codes``; SegmentAlgorithmType AUTOMATIC with AlgorithmName = model
-  name, AlgorithmVersion = model version plus the thresholds (compact form; the full values are also in
-  AlgorithmParameters), AlgorithmFamily DCM 123110 "Artificial Intelligence"; the display colour of each class;
+  Abnormal Structure", type from ``ichdemo.export.codes`` (SNOMED CT where verified, the sources are cited there);
+  SegmentAlgorithmType AUTOMATIC with AlgorithmName = model name, AlgorithmVersion = model version plus the
+  thresholds (compact form; the full values are also in AlgorithmParameters), AlgorithmFamily DCM 123110 "Artificial
+  Intelligence"; the display colour of each class;
 - one frame per source slice that has the segment (empty frames omitted), each referencing its source image by
   SOP Instance UID, in the source's frame of reference (Study/Series/FrameOfReference UIDs come from the source);
 - SeriesDescription, ContentLabel "DRAFT_ICH" and ContentDescription saying draft / research use only with the
-  model, ContentQualification RESEARCH, Manufacturer "ichdemo", SoftwareVersions = the ichdemo version, and the
-  private coding scheme of the codes that are not SNOMED CT yet in CodingSchemeIdentificationSequence.
+  model, ContentQualification RESEARCH, Manufacturer "ichdemo", SoftwareVersions = the ichdemo version, and, when a
+  segment present uses it (IVH, EDH), the private coding scheme ``99ICHDEMO`` in CodingSchemeIdentificationSequence.
 
 Source headers are re-read from ``DicomRef.files``. Where the files are no longer there (a zip extracted to a
 temporary folder), minimal source headers are rebuilt from ``DicomRef`` (UIDs and geometry, nothing else).
@@ -213,13 +214,20 @@ def _segmentation(hd, headers: list[Dataset], job: ExportJob, prov) -> Dataset:
         content_description=_fit(f"{DRAFT_LABEL}: {prov.model_text}"),
         series_description=SERIES_DESCRIPTION,
         content_qualification=hd.ContentQualificationValues.RESEARCH,
-        coding_schemes=[
-            hd.coding_schemes.CodingSchemeIdentificationItem(
-                designator=codes.PRIVATE_SCHEME, name="ichdemo private codes", responsible_organization="ichdemo"
-            )
-        ],
+        coding_schemes=_coding_schemes(hd, job),
         omit_empty_frames=True,
     )
+
+
+def _coding_schemes(hd, job: ExportJob) -> list | None:
+    """The private scheme, declared only when a segment present is coded in it (None: no sequence is written)."""
+    if not codes.uses_private_scheme(CLASSES[v - 1] for v in job.present):
+        return None
+    return [
+        hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=codes.PRIVATE_SCHEME, name="ichdemo private codes", responsible_organization="ichdemo"
+        )
+    ]
 
 
 def write(job: ExportJob) -> Path:

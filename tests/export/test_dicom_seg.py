@@ -45,7 +45,15 @@ def test_segments_are_coded_automatic_and_name_the_model(seg_default):
         assert algo.AlgorithmName == "tiny_lse"
         assert algo.AlgorithmVersion.startswith("v0.test") and "c0.4/0.5/0.6/0.7/0.8" in algo.AlgorithmVersion
         assert "75,125,125,75,25" in algo.AlgorithmParameters
-    assert TYPES["IPH"].value == "274100004" and TYPES["SAH"].value == "21454007" and TYPES["SDH"].value == "35486000"
+    cat = seg.SegmentSequence[0].SegmentedPropertyCategoryCodeSequence[0]
+    assert cat.CodeMeaning == "Morphologically Abnormal Structure"  # DICOM CID 7150, as pydicom gives it
+    sdh = seg.SegmentSequence[3].SegmentedPropertyTypeCodeSequence[0]
+    assert (sdh.CodeValue, sdh.CodingSchemeDesignator, sdh.CodeMeaning) == (
+        "95453001",
+        "SCT",
+        "Subdural intracranial hematoma",
+    )
+    # IVH and EDH are present, and coded in the private scheme, which the SEG must then declare
     assert PRIVATE_SCHEME in {i.CodingSchemeDesignator for i in seg.CodingSchemeIdentificationSequence}
 
 
@@ -67,6 +75,7 @@ def test_only_segments_present_are_written(dicom_series, stamp, tmp_path):
     )
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["SDH"]
     assert seg.NumberOfFrames == 1  # empty frames omitted
+    assert "CodingSchemeIdentificationSequence" not in seg  # only SNOMED CT used: no private scheme to declare
 
 
 def test_deidentified_by_default(dicom_series, seg_default):
