@@ -68,6 +68,8 @@ class TrainConfig:
     phantom_paired: bool = False
     cache: bool = True
     val_max_slices: int = 0
+    save_dtype: str = "fp32"
+    stage_seconds: int = 0
 
 
 HELP: dict[str, str] = {
@@ -116,6 +118,9 @@ HELP: dict[str, str] = {
     "phantom_paired": "phantoms: add a lesion-free twin of every head with lesions (same patient)",
     "cache": "keep resized slices in memory after their first read",
     "val_max_slices": "validate on at most this many slices (0: all)",
+    "stage_seconds": "end a stage after the epoch during which it passed this many seconds (0: no limit); the kept "
+    "weights and the checkpoint are written as after a full run, and the history says where it stopped",
+    "save_dtype": "floating-point dtype of the saved checkpoint weights: fp32, fp16 or bf16 (training is unaffected)",
 }
 
 
@@ -191,6 +196,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"optimizer must be auto, sgd, adam or adamw, got {cfg.optimizer!r}")
     if cfg.keep not in ("best", "last"):
         raise ConfigError(f"keep must be best or last, got {cfg.keep!r}")
+    if cfg.save_dtype not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"save_dtype must be fp32, fp16 or bf16, got {cfg.save_dtype!r}")
     if cfg.amp not in ("auto", "bf16", "off") or cfg.channels_last not in ("auto", "on", "off"):
         raise ConfigError("amp must be auto, bf16 or off; channels_last auto, on or off")
     if cfg.input_size < 32 or cfg.input_size % 32:

@@ -89,6 +89,15 @@ def barrier(rt: Runtime) -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool, rt: Runtime) -> bool:
+    """True on every rank when ``flag`` is true on any (so that all ranks take the same branch)."""
+    if not rt.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)

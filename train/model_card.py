@@ -53,6 +53,16 @@ def _resumed(prov: dict) -> str:
     return " (the last resumed process only)" if "--resume" in prov.get("command", "") else ""
 
 
+def _reduced(config: dict) -> str:
+    return " (reduced from the paper's 512 to train on CPU)" if config["input_size"][-1] < 512 else ""
+
+
+def _scale(config: dict, machine: dict) -> str:
+    where = "CPU" if str(machine.get("device", "cpu")).startswith("cpu") else "GPU"
+    size = "at reduced resolution" if config["input_size"][-1] < 512 else "at the paper's 512 px"
+    return f"{where} training {size} and few epochs on a small dataset"
+
+
 def card(config: dict, ev: dict | None, name: str) -> str:
     """The model card text."""
     prov = config.get("provenance") or {}
@@ -75,12 +85,12 @@ def card(config: dict, ev: dict | None, name: str) -> str:
         f"training, {data.get('val_patients', '?')} patients for validation, patients "
         f"{', '.join(data.get('test_patients', []))} held out entirely (they carry the only masks). "
         f"Positive training slices per subtype: {data.get('positives_train', {})}.",
-        f"- Input: {config['input_size'][-1]} px (reduced from the paper's 512 to train on CPU), 3 stacked slices; "
+        f"- Input: {config['input_size'][-1]} px{_reduced(config)}, 3 stacked slices; "
         f"trained on the dataset's pre-windowed JPEGs; HU input is windowed at centre {w.get('centre')} / width "
         f"{w.get('width')} HU to match.",
         f"- Command: `{prov.get('command', '?')}`",
         f"- Epochs: {prov.get('epochs')}; time {prov.get('seconds', 0) / 60:.0f} min{_resumed(prov)} on "
-        f"{machine.get('device', '?')} "
+        f"{machine.get('gpu') or machine.get('device', '?')} "
         f"({machine.get('cpu_threads', '?')} CPU threads, {machine.get('precision', '?')}, {machine.get('platform', '?')},"
         f" torch {machine.get('torch', '?')}); commit `{prov.get('git_commit', '?')}`.",
         f"- Initial weights: {config.get('init_weights', 'none (from scratch)')}.",
@@ -96,8 +106,7 @@ def card(config: dict, ev: dict | None, name: str) -> str:
         "## Limitations", "",
         "- Small training set (82 scans in all) with few SAH, IVH and SDH patients (4 to 7 each): AUROC and Dice are "
         "noisy and far below the paper's RSNA-trained figures; validation uses a handful of patients per subtype.",
-        "- CPU training at reduced resolution and few epochs; the heatmap grid is input/4 (lse_unet) or input/32 "
-        "(gap).",
+        f"- {_scale(config, machine)}; the heatmap grid is input/4 (lse_unet) or input/32 (gap).",
         "- Trained on 8-bit JPEGs with a baked brain window and no pixel spacing; DICOM/NIfTI input is windowed to "
         "match, which is not the same distribution; volumes on PNG/JPG input use an assumed spacing.",
         "", "## Data and license", "", ATTRIBUTION, "",

@@ -95,6 +95,9 @@ def prepare_data(cfg: TrainConfig, out: Path, resume: bool) -> Data:
     train = SliceStackDataset(source.select(split.train), cfg.input_size, cache=cfg.cache)
     val = SliceStackDataset(source.select(split.val), cfg.input_size, cache=cfg.cache)
     require_classes(train.labels, f"training split ({len(split.train)} patients)")
+    if cfg.num_workers > 0:  # decode once here; forked workers share the cache
+        for part in (train, val):
+            part.preload(cfg.num_workers)
     if cfg.val_max_slices and len(val) > cfg.val_max_slices:
         keep = np.linspace(0, len(val) - 1, cfg.val_max_slices).round().astype(int)
         val.items = [val.items[i] for i in keep]
@@ -234,6 +237,7 @@ def run_stage(
     train_loader = engine.make_loader(cfg, data.train, rt, train=True)
     val_loader = engine.make_loader(cfg, data.val, rt, train=False)
     best_path = out / f"best_{stage.name}.pt"
+    t_stage = time.perf_counter()
     for epoch in range(start, stage.epochs):
         res, step = engine.train_epoch(net, loss_fn, train_loader, optimizer, cfg, rt, base_lr, epoch, step,
                                        cfg.seed + 1000 * stage_idx, desc=f"{stage.name} {epoch + 1}/{stage.epochs}")
@@ -258,6 +262,13 @@ def run_stage(
                 "rng": torch.get_rng_state(),
             })
         engine.barrier(rt)
+        elapsed = time.perf_counter() - t_stage
+        if cfg.stage_seconds and epoch + 1 < stage.epochs and engine.any_rank(elapsed > cfg.stage_seconds, rt):
+            print(f"[{stage.name}] time limit: stopped after epoch {epoch + 1} of {stage.epochs} ({elapsed:.0f} s)",
+                  file=sys.stderr, flush=True)
+            if history:
+                history[-1]["stopped_early"] = f"stage_seconds {cfg.stage_seconds} reached after {elapsed:.0f} s"
+            break
     model = engine.unwrap(net)
     if cfg.keep == "best" and best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location=rt.device, weights_only=True))
@@ -308,7 +319,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
         if rt.is_main:
             prov = provenance(cfg, data, rt, history, time.perf_counter() - t0, command)
             config = checkpoint_config(cfg, data, prov)
-            save_pretrained(model, out, config)
+            save_pretrained(model, out, config, dtype=cfg.save_dtype)
             saved = json.loads((out / "config.json").read_text())
             (out / "README.md").write_text(model_card(saved, prov, history))
             (out / "history.json").write_text(json.dumps(history, indent=2))
@@ -323,7 +334,7 @@ def _save_stage1(model, cfg: TrainConfig, data: Data, rt: engine.Runtime, out: P
     """The stage-1 classifier as its own gap checkpoint, plus its backbone in timm keys for stage 2."""
     folder = out / "stage1"
     prov = provenance(cfg, data, rt, history, seconds)
-    save_pretrained(model, folder, checkpoint_config(cfg, data, prov))
+    save_pretrained(model, folder, checkpoint_config(cfg, data, prov), dtype=cfg.save_dtype)
     engine.save_encoder_weights(model, folder / "encoder.safetensors")
     (folder / "history.json").write_text(json.dumps(history, indent=2))
     data.split.save(folder)  # calibrate/evaluate of the stage-1 gap checkpoint need the same held-out patients

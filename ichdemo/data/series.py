@@ -12,6 +12,7 @@ pixel whose subtype is unknown (CT-ICH marks "any hemorrhage" only), ``MASK_NONE
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -151,6 +152,15 @@ class SliceStackDataset(Dataset):
     def mask_items(self) -> list[int]:
         """Indices of the items whose slice has a label map."""
         return [k for k, (s, i) in enumerate(self.items) if i in self.series[s].mask_slices]
+
+    def preload(self, threads: int = 8) -> None:
+        """Fill the cache for every series now (threads decode in parallel), so that DataLoader workers forked
+        afterwards share it instead of each decoding every series again."""
+        if not self.cache:
+            return
+        todo = sorted({s for s, _ in self.items} - set(self._cache))
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(lambda s: self._stack(s, 0), todo))
 
     def _stack(self, s: int, i: int) -> np.ndarray:
         ser = self.series[s]

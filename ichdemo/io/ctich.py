@@ -36,6 +36,9 @@ CSV_COLUMNS: dict[str, str] = {
 }
 """CSV column of each subtype in ``CLASSES``."""
 
+SLICE_SUFFIXES = (".jpg", ".webp")
+"""Slice image names tried in order: the dataset's JPEGs, then the WebP of a compact copy (train/pack_ctich.py)."""
+
 SLICE_MM = 5.0
 """Slice thickness stated by the dataset; the in-plane spacing is not recorded and is assumed."""
 
@@ -78,8 +81,8 @@ def _read_rows(csv_path: Path) -> list[dict[str, str]]:
 def _record(row: dict[str, str], patients_dir: Path) -> tuple[int, int, SliceRecord | None]:
     patient, number = int(row["PatientNumber"]), int(row["SliceNumber"])
     folder = patients_dir / f"{patient:03d}" / "brain"
-    path = folder / f"{number}.jpg"
-    if not path.is_file():
+    path = next((p for p in (folder / f"{number}{ext}" for ext in SLICE_SUFFIXES) if p.is_file()), None)
+    if path is None:
         return patient, number, None
     mask = folder / f"{number}_HGE_Seg.jpg"
     labels = np.array([int(row[CSV_COLUMNS[c]]) for c in CLASSES], dtype=np.uint8)
