@@ -69,6 +69,7 @@ def per_backbone(backbone: str, x: torch.Tensor, repeats: int) -> dict:
         with torch.inference_mode():
             row["forward_ips"] = b / cuda_time(lambda: model(x), repeats)
         row["ours_ips"] = b / cuda_time(lambda: heatmaps(model, x), repeats)
+    print(backbone, "forward", row["forward_ips"], "ours", row["ours_ips"], flush=True)
 
     # pytorch-grad-cam hands activations to numpy, which has no bfloat16: it runs in fp32, as its users must.
     wrapped = _LogitsOnly(model)
@@ -129,6 +130,7 @@ def train_steps(x: torch.Tensor, repeats: int, compile_: bool, encoder: str = "t
             opt.step()
 
         out[f"{name}_ips"] = x.shape[0] / cuda_time(step, repeats, warmup=3)
+        print(name, out[f"{name}_ips"], flush=True)
     out["speedup"] = out["bf16_channels_last_ips"] / out["fp32_eager_ips"]
     if compile_:
         out["compiled_speedup"] = out["bf16_channels_last_compiled_ips"] / out["fp32_eager_ips"]
@@ -139,8 +141,12 @@ def run(batch: int, size: int, repeats: int, compile_: bool, device: str = "cuda
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    models = {b: per_backbone(b, x, repeats) for b in GAP_BACKBONES}
+    models = {}
+    for b in GAP_BACKBONES:
+        models[b] = per_backbone(b, x, repeats)
+        print(b, json.dumps(models[b]), flush=True)
     lse = lse_over_gap(x, repeats)
+    print("lse_over_gap", json.dumps(lse), flush=True)
     train = train_steps(x, repeats, compile_)
     return {
         "batch": batch,

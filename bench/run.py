@@ -2,12 +2,16 @@
 
     python -m bench.run --json docs/bench.json            # full CPU run (2 threads), then docs/BENCHMARKS.md
     python -m bench.run --quick --json /tmp/bench.json    # CI: small sizes, checks every figure is produced
+    python -m bench.run --json docs/bench.json --md docs/BENCHMARKS.md --gpu-json docs/bench_gpu.json
+                                                          # GPU figures from a bench.gpu run on a GPU machine
 
 Figures (JSON keys; null where not measured, e.g. GPU figures without a GPU):
     cpu_cam_over_forward   all-class Grad-CAM time / forward-only time, one 3x512x512 slice, 2 threads (target <= 1.25)
     cpu_pgc_over_cam       pytorch-grad-cam time for the five classes / ours                          (target >= 10)
     gpu_cam_over_forward   GPU throughput of ours / forward-only, batch 32 at 512 px, bf16          (target >= 0.85)
     gpu_cam_over_pgc       GPU throughput of ours / pytorch-grad-cam                                 (target >= 50)
+    gpu_lse_over_gap       the same as lse_over_gap on the GPU, batch 32, bf16                        (target >= 0.6)
+    gpu_train_speedup      training step bf16 + channels_last / fp32 eager, GPU                       (no target)
     lse_over_gap           throughput of LSE-UNet forward with heatmaps / gap forward, same encoder  (target >= 0.6)
     series_over_forward    40-slice DICOM series end to end / 40 forward passes, default model       (target <= 1.3)
     peak_rss_gb            peak resident memory of the process after the series run                  (target <= 2.5)
@@ -206,6 +210,8 @@ def run(quick: bool) -> dict:
         "cpu_pgc_over_cam": min((r["pgc_over_cam"] for r in gap_rows if "pgc_over_cam" in r), default=None),
         "gpu_cam_over_forward": None,
         "gpu_cam_over_pgc": None,
+        "gpu_lse_over_gap": None,
+        "gpu_train_speedup": None,
         "lse_over_gap": None,
         "series_over_forward": series["series_over_forward"],
         "peak_rss_gb": series["peak_rss_gb"],
@@ -227,12 +233,51 @@ TARGETS = {
     "cpu_pgc_over_cam": (">=", 10, "pytorch-grad-cam time (5 classes) / ours, CPU"),
     "gpu_cam_over_forward": (">=", 0.85, "Grad-CAM throughput / forward throughput, GPU batch 32, bf16"),
     "gpu_cam_over_pgc": (">=", 50, "ours / pytorch-grad-cam throughput, GPU"),
+    "gpu_lse_over_gap": (">=", 0.6, "LSE-UNet forward+heatmaps throughput / gap forward, same encoder, GPU"),
+    "gpu_train_speedup": (">=", 1.0, "training step bf16 + channels_last / fp32 eager, GPU (no target set; 1 = no gain)"),
     "lse_over_gap": (">=", 0.6, "LSE-UNet forward+heatmaps throughput / gap forward, same encoder"),
     "series_over_forward": ("<=", 1.3, "series end to end / (slices x forward)"),
     "peak_rss_gb": ("<=", 2.5, "peak resident memory (GB) after the series run"),
     "rethreshold_ms": ("<=", 100, "one slider move over the cached series (ms)"),
     "onnx_speedup": (">=", 1.3, "torch eager time / ONNX Runtime time, default model"),
 }
+
+
+def with_gpu(result: dict, gpu: dict | None) -> dict:
+    """The CPU result with the GPU figures of a ``bench.gpu`` JSON filled in (that run's machine kept beside)."""
+    if not gpu:
+        return result
+    keys = ("gpu_cam_over_forward", "gpu_cam_over_pgc", "gpu_lse_over_gap", "gpu_train_speedup")
+    return result | {k: gpu.get(k) for k in keys} | {"gpu": gpu}
+
+
+def gpu_markdown(gpu: dict) -> list[str]:
+    """The GPU section of docs/BENCHMARKS.md."""
+    m, d = gpu["machine"], gpu["details"]
+    train = d["train"]
+    lines = [
+        "", "## GPU", "",
+        f"From `python -m bench.gpu --json docs/bench_gpu.json --repeats 6 --compile` on {m['date']}: {m['cuda']}, "
+        f"torch {m['torch']}, batch {gpu['batch']} at {gpu['input_size']} px, bf16 autocast and channels_last, "
+        "untrained models of the bundled architectures, CUDA-event medians. pytorch-grad-cam runs in fp32 (it hands "
+        "activations to numpy, which has no bfloat16).", "",
+        "| backbone | forward img/s | ours img/s | ours / forward | pytorch-grad-cam img/s | ours / pgc | "
+        "torchcam img/s | ours / torchcam |", "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in gpu["models"].items():
+        lines.append(f"| {name} | {r['forward_ips']:.0f} | {r['ours_ips']:.0f} | {r['cam_over_forward']:.2f} | "
+                     f"{r['pgc_ips']:.1f} | {r['cam_over_pgc']:.0f} | {r['torchcam_ips']:.0f} | "
+                     f"{r['cam_over_torchcam']:.2f} |")
+    lse = d["lse_over_gap"]
+    lines += [
+        "", f"LSE-UNet forward with heatmaps {lse['lse_ips']:.0f} img/s against the gap forward {lse['gap_ips']:.0f} "
+        f"img/s on {lse['encoder']} (ratio {lse['ratio']:.2f}).",
+        "", "Training step of the LSE-UNet (CLoss + HLoss, Adam), images/s: "
+        + ", ".join(f"{k.removesuffix('_ips')} {v:.0f}" for k, v in train.items() if k.endswith("_ips"))
+        + f" (bf16 + channels_last over fp32 eager: {train['speedup']:.2f}x"
+        + (f"; compiled: {train['compiled_speedup']:.2f}x)" if "compiled_speedup" in train else ")") + ".",
+    ]
+    return lines
 
 
 def markdown(result: dict, command: str) -> str:
@@ -260,6 +305,8 @@ def markdown(result: dict, command: str) -> str:
         pgc = f"{r['pgc_s']:.3f}" if "pgc_s" in r else "-"
         lines.append(f"| {name} | {r['family']} | {r['forward_s']:.3f} | {r['heatmaps_s']:.3f} | "
                      f"{r['cam_over_forward']:.2f} | {pgc} |")
+    if result.get("gpu"):
+        lines += gpu_markdown(result["gpu"])
     return "\n".join(lines) + "\n"
 
 
@@ -268,13 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (CI)")
     p.add_argument("--json", required=True, help="where to write the figures")
     p.add_argument("--md", help="also write this markdown table (docs/BENCHMARKS.md)")
+    p.add_argument("--gpu-json", help="fill the GPU figures from this bench.gpu JSON (measured on a GPU machine)")
     args = p.parse_args(argv)
-    result = run(args.quick)
+    gpu = json.loads(Path(args.gpu_json).read_text()) if args.gpu_json else None
+    result = with_gpu(run(args.quick), gpu)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.md:
         command = "python -m bench.run" + (" --quick" if args.quick else "") + f" --json {args.json} --md {args.md}"
+        command += f" --gpu-json {args.gpu_json}" if args.gpu_json else ""
         Path(args.md).write_text(markdown(result, command))
-    print(json.dumps({k: v for k, v in result.items() if k not in ("models", "details")}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("models", "details", "gpu")}, indent=2))
     return 0
 
 
