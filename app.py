@@ -16,17 +16,22 @@ and one label map per model (see the About tab).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
+import contextlib
 import functools
 import html
 import logging
 import os
-from collections.abc import Callable, Sequence
+import stat
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from ichdemo.constants import CLASS_NAMES, CLASSES, RESEARCH_NOTICE, WINDOWS
 from ichdemo.errors import IchdemoError, brief
@@ -52,6 +57,22 @@ EXAMPLES_DIR = ROOT / "examples"
 CONCURRENCY = int(os.environ.get("ICHDEMO_CONCURRENCY", "2"))
 MAX_FILE_SIZE = os.environ.get("ICHDEMO_MAX_FILE_SIZE", "1gb")
 SESSION_TTL_S = 4 * 3600  # a session's arrays and temp folder go at the latest this long after its last change
+
+
+def cache_schedule(text: str) -> tuple[int, int]:
+    """``"frequency,age"`` in seconds -> Gradio's ``delete_cache``: every ``frequency`` s, the files Gradio cached
+    for this app (uploads, returned images, export copies) that are older than ``age`` s are deleted."""
+    why = f"ICHDEMO_DELETE_CACHE must be 'frequency,age' in seconds, frequency > 0 (e.g. 1800,3600), not {text!r}"
+    try:
+        frequency, age = (int(v) for v in text.split(","))
+    except ValueError as err:
+        raise ValueError(why) from err
+    if frequency <= 0 or age < 0:
+        raise ValueError(why)
+    return frequency, age
+
+
+DELETE_CACHE = cache_schedule(os.environ.get("ICHDEMO_DELETE_CACHE", "1800,3600"))
 AGREEMENT_HEADERS = ["model A", "model B", "Dice (any hemorrhage)", "Dice (subtypes)", "same label (share)"]
 NOTICE_HTML = f'<div class="ich-notice">⚠ {RESEARCH_NOTICE} Not for diagnosis or treatment decisions.</div>'
 CSS = """
@@ -110,8 +131,21 @@ def _end_session(request: gr.Request) -> None:
 
 
 def _drop_state(value: Any) -> None:
+    """gr.State's delete_callback (time-to-live over, or an hour after the tab closed)."""
     if isinstance(value, Session):
         value.cleanup()
+        for key in [k for k, s in _SESSIONS.items() if s is value]:  # a session that never sent unload
+            _SESSIONS.pop(key, None)
+
+
+def _upload_paths(files: Any) -> list[str]:
+    """The server paths of an upload; an upload whose files Gradio has removed meanwhile is refused by name."""
+    paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in _refs(files)]
+    gone = [Path(p).name for p in paths if not os.path.exists(p)]
+    if gone:
+        msg = f"{gone[0]}: this upload is no longer on the server (uploads are kept for a limited time); upload again"
+        raise gr.Error(html.escape(msg, quote=False), print_exception=False)
+    return paths
 
 
 def _refs(choice: Sequence[str] | str | None) -> list[str]:
@@ -150,7 +184,7 @@ class App:
         """Upload -> series (resets every model's results)."""
         if not files:
             return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in _refs(files)]
+        paths = _upload_paths(files)
         s = _session(state, request)
         s.load_files(paths)
         return self._loaded(s)
@@ -335,7 +369,7 @@ class App:
     @ui_errors
     def predict(self, files: Any, models: str) -> tuple:
         """API: files + comma-separated model names -> (report JSON, label map files, one per model)."""
-        paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in _refs(files)]
+        paths = _upload_paths(files)
         if not paths:
             raise gr.Error("no files given", print_exception=False)
         refs = parse_model_list(models, self.pool) or self.pool.default_selection()[:1]
@@ -447,6 +481,9 @@ def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
             examples_per_page=12,
             label="Real CT-ICH slices (CC BY 4.0; Hssayeni et al., PhysioNet)",
         )
+        # Gradio copies the example files into its cache once, here, and the examples keep pointing at those
+        # copies; delete_cache would remove them like any upload after its age, breaking every example.
+        ui.files.keep_in_cache.update(ui.files.temp_files)
     ui.info = gr.Markdown("No series loaded yet.", elem_id="series-info")
     ui.models = gr.CheckboxGroup(
         pool.choices(), value=pool.default_selection(), label="Models to compare", elem_id="models"
@@ -696,10 +733,15 @@ def _private_names() -> Callable[[], dict[str, str]]:
     return lambda: {"api_name": f"_step{next(counter)}", "api_visibility": "private"}
 
 
-def build_demo(pool: ModelPool | None = None, phantoms: PhantomExamples | None = None) -> gr.Blocks:
-    """The Blocks of the app for a model pool (default: the configured models) and the phantom examples."""
+def build_demo(
+    pool: ModelPool | None = None,
+    phantoms: PhantomExamples | None = None,
+    delete_cache: tuple[int, int] = DELETE_CACHE,
+) -> gr.Blocks:
+    """The Blocks of the app for a model pool (default: the configured models) and the phantom examples;
+    ``delete_cache`` is Gradio's (frequency, age) schedule for its cached files (``ICHDEMO_DELETE_CACHE``)."""
     app = App(pool or ModelPool(), phantoms)
-    with gr.Blocks(title="ichdemo: ICH localisation and quantification", delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title="ichdemo: ICH localisation and quantification", delete_cache=delete_cache) as demo:
         _wire(_layout(app.pool), app)
         demo.unload(_end_session)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
@@ -707,15 +749,66 @@ def build_demo(pool: ModelPool | None = None, phantoms: PhantomExamples | None =
     return demo
 
 
+def sweep_upload_stubs(age_s: float, root: str | Path | None = None) -> int:
+    """Remove the empty ``tmp*`` files older than ``age_s`` at the top of Gradio's cache (default: its upload
+    folder); returns how many were removed.
+
+    Gradio 6's ``gr.File`` (type "filepath") creates one such file, never used, for every uploaded file it hands to
+    a callback, and does not register it, so ``delete_cache`` never removes it: without this sweep the cache
+    gains one inode per uploaded file for as long as the server runs. Only empty files are touched (an upload in
+    progress is written under such a name too, which is why young ones are left alone).
+    """
+    limit = time.time() - age_s
+    removed = 0
+    try:
+        entries = list(os.scandir(root or get_upload_folder()))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith("tmp"):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # an upload's temp file is renamed into place meanwhile
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_mtime <= limit:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+@contextlib.asynccontextmanager
+async def _server_lifespan(server: Any) -> AsyncIterator[None]:
+    """Runs beside Gradio's own delete_cache task, on its schedule: ``sweep_upload_stubs`` every ``frequency``
+    seconds and when the server stops, for stubs older than ``age``."""
+    frequency, age = server.get_blocks().delete_cache or DELETE_CACHE
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(frequency)
+            try:
+                await asyncio.to_thread(sweep_upload_stubs, age)
+            except OSError:  # a cache folder that cannot be read now may be readable next time
+                log.exception("sweeping upload stubs failed")
+
+    task = asyncio.create_task(sweep())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sweep_upload_stubs(age)  # not younger ones: another server may share the cache folder
+
+
 def launch_options(max_file_size: str | int | None = MAX_FILE_SIZE) -> dict[str, Any]:
-    """Keyword arguments of ``demo.launch`` that belong to the app (theme, CSS, limits, paths); Gradio 6 takes the
-    theme and CSS here rather than in ``gr.Blocks``."""
+    """Keyword arguments of ``demo.launch`` that belong to the app (theme, CSS, limits, paths, the clean-up of
+    upload stubs); Gradio 6 takes the theme and CSS here rather than in ``gr.Blocks``."""
     return {
         "theme": gr.themes.Soft(primary_hue="orange", secondary_hue="slate"),
         "css": CSS,
         "max_file_size": max_file_size,
         "allowed_paths": [str(EXAMPLES_DIR)],
         "footer_links": ["api", "settings"],
+        "app_kwargs": {"lifespan": _server_lifespan},
     }
 
 
@@ -742,10 +835,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def configure_logging() -> None:
+    """The server log: ichdemo's INFO and up, the libraries' WARNING and up. Libraries log what they read at INFO
+    (highdicom names the source images' UIDs for every DICOM SEG), and nothing uploaded goes to the log."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("ichdemo").setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     global demo
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     if args.models:
         demo = build_demo(ModelPool([r.strip() for r in args.models.split(",") if r.strip()]))
     if not args.no_warm:

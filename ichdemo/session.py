@@ -53,6 +53,7 @@ NO_MODEL_HELP = (
     "checkpoints/, or start the app with ICHDEMO_MODELS=/path/to/folder,hf://owner/repo (or --models). "
     "You can still load and browse a series."
 )
+KEEP_DRAFTS = 2  # export zips kept per session: the app runs at most two requests of one event at once
 Progress = Callable[[float, str], None]
 Runner = Callable[..., dict]
 
@@ -303,6 +304,7 @@ class Session:
     _labels: dict[str, tuple[Thresholds, np.ndarray]] = field(default_factory=dict, repr=False)
     _memo: dict[tuple, Any] = field(default_factory=dict, repr=False)  # series-wide numbers per thresholds
     _folder: Path | None = field(default=None, repr=False)
+    _drafts: list[Path] = field(default_factory=list, repr=False)  # export zips in the folder, oldest first
 
     # ------------------------------------------------------------------ files
     @property
@@ -318,6 +320,7 @@ class Session:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+        self._drafts.clear()
         self.volume = None
         self.analyses.clear()
         self.thresholds.clear()
@@ -559,6 +562,9 @@ class Session:
         Always holds ``prediction/`` (labels.nii.gz on the source grid, heatmaps.npz, report.json) and DRAFT.txt;
         plus ``formats/`` with the requested formats of ``ichdemo.export`` (its export.json lists them).
 
+        The zip is written into the session folder, which keeps only the ``KEEP_DRAFTS`` newest ones (an older
+        draft is removed when a new one is made), so that exporting in a loop does not fill the disk.
+
         Returns:
             (the zip, {format: why it was skipped} for requested formats this input cannot have).
         """
@@ -577,6 +583,10 @@ class Session:
                 if f.is_file():
                     zf.write(f, f.relative_to(work).as_posix())
         shutil.rmtree(work, ignore_errors=True)
+        if zpath not in self._drafts:  # a second export in the same second rewrites the same name
+            self._drafts.append(zpath)
+        while len(self._drafts) > KEEP_DRAFTS:  # older drafts were served (copied away) already
+            self._drafts.pop(0).unlink(missing_ok=True)
         return zpath, skipped
 
 
