@@ -69,7 +69,7 @@ class TrainConfig:
     cache: bool = True
     val_max_slices: int = 0
     save_dtype: str = "fp32"
-    stage_seconds: int = 0
+    stage_seconds: float = 0.0
 
 
 HELP: dict[str, str] = {

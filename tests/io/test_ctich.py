@@ -12,7 +12,9 @@ from PIL import Image
 
 from ichdemo.constants import CLASSES
 from ichdemo.errors import UnsupportedInputError
+from ichdemo.data import SliceStackDataset, open_source
 from ichdemo.io.ctich import CSV_COLUMNS, CTICHDataset
+from train.pack_ctich import pack
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ct-ich"
 HEADER = (
@@ -144,3 +146,36 @@ def test_real_volume(real):
     assert numbers == sorted(numbers) and len(numbers) == len(ds.slices(49)) == ds.labels(49).shape[0]
     assert vol.shape[1:] == (650, 650) and vol.prewindowed and 0 <= vol.data.min() and vol.data.max() <= 255
     assert vol.meta["patient"] == 49
+
+
+# ---------------------------------------------------------------- train.pack_ctich: the copy that travels to a GPU
+
+
+def test_pack_reads_back_as_the_same_dataset_at_the_training_size(tmp_path):
+    rng = np.random.default_rng(0)
+    src = _fake(tmp_path / "src")
+    for path in (src / "Patients_CT").rglob("*.jpg"):  # smooth 96 px slices instead of the fake's flat 8 px ones
+        if "Seg" not in path.name:
+            yy, xx = np.mgrid[:96, :96]
+            img = 128 + 60 * np.sin(xx / 9 + rng.uniform(0, 6)) * np.cos(yy / 13)
+            Image.fromarray(img.astype(np.uint8)).save(path, quality=95)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the fake's missing slice, reported by both readers
+        n, nbytes = pack(src, tmp_path / "pack", size=64, quality=90, threads=2)
+        original, packed = CTICHDataset(src), CTICHDataset(tmp_path / "pack")
+        a = SliceStackDataset(open_source(f"ctich:{src}").select(["49"]), 64)
+        b = SliceStackDataset(open_source(f"ctich:{tmp_path / 'pack'}").select(["49"]), 64)
+    assert n == len(original.records) == len(packed.records) and nbytes > 0
+    assert [(r.patient, r.slice) for r in packed.records] == [(r.patient, r.slice) for r in original.records]
+    assert all(r.path.suffix == ".webp" and r.mask_path is None for r in packed.records)
+    for ra, rb in zip(original.records, packed.records):
+        assert np.array_equal(ra.labels, rb.labels)
+    assert Image.open(packed.records[0].path).size == (64, 64)
+    for k in range(len(a)):  # what the model sees: the same stacks up to the lossy re-encoding
+        diff = (a[k]["image"] - b[k]["image"]).abs()
+        assert float(diff.mean()) < 0.01 and float(diff.max()) < 0.1
+
+
+def test_pack_refuses_a_folder_that_is_not_ctich(tmp_path):
+    with pytest.raises(Exception, match="not a CT-ICH folder"):
+        pack(tmp_path, tmp_path / "out", size=64, quality=90)

@@ -216,3 +216,12 @@ def test_labels_follow_a_subset_of_items():
     data.items = [data.items[7], data.items[0]]
     np.testing.assert_array_equal(data.labels, [[0, 0, 0, 0, 1], [0, 0, 0, 0, 0]])
     assert data.patients == ["b", "a"]
+
+
+def test_preload_fills_the_cache_with_what_lazy_reads_give():
+    series = [_series("a", n=4), _series("b", n=3, positive=2)]
+    lazy, loaded = SliceStackDataset(series, 16), SliceStackDataset(series, 16)
+    loaded.preload(threads=2)
+    assert sorted(loaded._cache) == [0, 1]
+    for k in range(len(lazy)):
+        assert torch.equal(lazy[k]["image"], loaded[k]["image"])

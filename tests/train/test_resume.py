@@ -1,5 +1,6 @@
 """Resuming after an interruption gives the same weights as an uninterrupted run (smoke config, tiny budget)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,20 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     hist_a = torch.load(full / "state.pt", weights_only=False)["history"]
     hist_b = torch.load(resumed / "state.pt", weights_only=False)["history"]
     assert [h["loss"] for h in hist_a] == pytest.approx([h["loss"] for h in hist_b], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_stage_seconds_ends_a_stage_early_and_save_dtype_sets_the_weights(tmp_path):
+    from ichdemo.models import load_pretrained
+
+    torch.set_num_threads(2)
+    cfg = make_config(load_yaml(SMOKE) | {"out": str(tmp_path / "run"), "data": "phantom:8", "input_size": 64,
+                                          "steps_per_epoch": 2, "batch_size": 4, "stage1_epochs": 0, "epochs": 4,
+                                          "stage_seconds": 1e-3, "save_dtype": "fp16"})
+    out = train(cfg)
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 1 and "stage_seconds" in history[-1]["stopped_early"]  # 4 epochs asked, 1 run
+    weights = load_file(str(out / "model.safetensors"))
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    model, config = load_pretrained(out)
+    assert config["weights_dtype"] == "fp16" and next(model.parameters()).dtype == torch.float32
