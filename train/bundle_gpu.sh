@@ -5,7 +5,8 @@
 #   OUT=results bash train/bundle_gpu.sh device         on the GPU machine (a copy of the repo + .gpu/): trains every
 #                                                        model, runs bench.gpu, leaves one tar per model in $OUT
 #   bash train/bundle_gpu.sh post results [path/to/ct-ich]   here: unpack, calibrate, evaluate on the held-out
-#                                                        patients (original data), copy into checkpoints/, model cards
+#                                                        patients (original data), copy into checkpoints/, model cards,
+#                                                        docs/RESULTS.md (train.results)
 # The device step fits the 64 MiB upload and 10 minutes of the lent GPU of this project: the data travel as 512 px
 # WebP (train/pack_ctich.py), the benchmarks run first, the three independent training runs then share the GPU, and
 # every run is bounded (--stage-seconds, then `timeout`). Results: one tar per model (with its log), steps.log and
@@ -106,8 +107,9 @@ for cfg in pathlib.Path("runs/gpu").glob("*/**/config.json"):
 PYEOF
   bundle() {  # run folder, bundled name ("" = evaluate only)
     local run=$1 name=$2
-    $PY -m train.calibrate --model "$run" --data "$data"
-    $PY -m train.evaluate --model "$run" --data "$data" --json "$run/eval.json" --md "$run/eval.md" --html "$run/eval.html"
+    # --split saved: the split made on the compact copy, applied to the same patients of the original data
+    $PY -m train.calibrate --model "$run" --data "$data" --split saved
+    $PY -m train.evaluate --model "$run" --data "$data" --split saved --json "$run/eval.json" --md "$run/eval.md" --html "$run/eval.html"
     [ -n "$name" ] || return 0
     rm -rf "checkpoints/$name" && mkdir -p "checkpoints/$name"
     cp "$run/config.json" "$run"/model*.safetensors "$run/eval.json" "checkpoints/$name/"
@@ -116,9 +118,11 @@ PYEOF
   bundle runs/gpu/lse_unet_lite0 lse_unet_lite0
   bundle runs/gpu/lse_unet_lite0/stage1 gap_lite0
   bundle runs/gpu/gap_mobilenetv2 gap_mobilenetv2
-  bundle runs/gpu/gap_lite0_scratch gap_lite0_scratch
+  bundle runs/gpu/gap_lite0_scratch gap_scratch_lite0
+  bundle runs/gpu/lse_unet_lite0_nohloss lse_unet_lite0_nohloss
   bundle runs/gpu/lse_unet_lite0_lsemean ""
-  bundle runs/gpu/lse_unet_lite0_nohloss ""
+  $PY -m train.results runs/gpu/lse_unet_lite0 runs/gpu/lse_unet_lite0_nohloss runs/gpu/lse_unet_lite0_lsemean \
+      runs/gpu/lse_unet_lite0/stage1 runs/gpu/gap_mobilenetv2 runs/gpu/gap_lite0_scratch --md docs/RESULTS.md
 }
 
 "$STEP" "${@:2}"

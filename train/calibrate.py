@@ -35,19 +35,36 @@ from ichdemo.quantify import Thresholds
 from train.infer import Predictions, maps_to_input, predict
 
 
-def open_for_model(model_dir: Path, spec: str, config: dict) -> tuple[DataSource, Split | None]:
-    """Open ``spec`` with the training run's data options; the saved split when ``spec`` is the training data."""
+def open_for_model(
+    model_dir: Path, spec: str, config: dict, split_mode: str = "auto"
+) -> tuple[DataSource, Split | None]:
+    """Open ``spec`` with the training run's data options and pick the split: ``split_mode`` "auto" takes the saved
+    split when ``spec`` is the training data's spec, "saved" takes it for any spec whose patients include all of
+    the split's (the same data elsewhere, e.g. a compact copy trained on another machine), "none" uses every patient.
+
+    Raises:
+        ConfigError: "saved" without a saved split, or with patients the data lacks; an unknown mode.
+    """
+    if split_mode not in ("auto", "saved", "none"):
+        raise ConfigError(f"--split must be auto, saved or none, got {split_mode!r}")
     train_cfg = (config.get("provenance") or {}).get("config") or {}
     source = open_source(spec, window=train_cfg.get("window", "paper"),
                          phantom_shape=train_cfg.get("phantom_shape", "16x128x128"),
                          phantom_subtypes=train_cfg.get("phantom_subtypes", "mixed"),
                          phantom_paired=train_cfg.get("phantom_paired", False), seed=train_cfg.get("seed", 0))
-    split = None
-    if (model_dir / "split.json").is_file():
-        saved = Split.load(model_dir)
-        if saved.source == spec:
-            split = saved
-    return source, split
+    saved = Split.load(model_dir) if (model_dir / "split.json").is_file() else None
+    if split_mode == "saved":
+        if saved is None:
+            raise ConfigError(f"--split saved: {model_dir} has no split.json")
+        missing = sorted(set(saved.part("all")) - set(source.patients))
+        if missing:
+            raise ConfigError(f"--split saved: patient(s) {', '.join(missing[:5])} of the saved split are not in {spec}")
+        return source, saved
+    return source, saved if split_mode == "auto" and saved is not None and saved.source == spec else None
+
+
+SPLIT_HELP = ("auto: the split saved with the checkpoint when --data is the training data spec, else every patient; "
+              "saved: the saved split for any --data holding its patients (the same data at another path); none")
 
 
 def part_dataset(source: DataSource, split: Split | None, part: str, size: int) -> SliceStackDataset:
@@ -85,6 +102,7 @@ def calibrate(
     device: str = "cpu",
     batch_size: int = 16,
     write: bool = True,
+    split_mode: str = "auto",
 ) -> dict[str, Any]:
     """Calibrate and (``write``) store the thresholds in ``model_dir``/config.json; returns the report."""
     model_dir = Path(model_dir)
@@ -92,7 +110,7 @@ def calibrate(
         raise ConfigError(f"--scale-mode must be image, fixed or compare, got {scale_mode!r}")
     model, config = load_pretrained(model_dir, map_location=device)
     size = int(config["input_size"][-1])
-    source, split = open_for_model(model_dir, spec, config)
+    source, split = open_for_model(model_dir, spec, config, split_mode)
     cls_data = part_dataset(source, split, class_part, size)
     cls_pred = predict(model, cls_data, maps=True, batch_size=batch_size, device=device)
     c, youden = class_thresholds(cls_pred)
@@ -166,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-mode", default="image", help="heatmap scale: image (paper), fixed, or compare (keep the "
                    "better)")
     p.add_argument("--grid", type=_grid, default=PAPER_GRID, help="mask threshold grid (default 25,50,...,200)")
+    p.add_argument("--split", default="auto", help=SPLIT_HELP)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     p.add_argument("--dry-run", action="store_true", help="print the result without writing config.json")
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rep = calibrate(args.model, args.data, args.class_part, args.mask_part, args.scale_mode, args.grid,
-                        args.device, args.batch_size, write=not args.dry_run)
+                        args.device, args.batch_size, write=not args.dry_run, split_mode=args.split)
     except IchdemoError as err:
         if args.debug:
             raise

@@ -37,7 +37,7 @@ from ichdemo.errors import IchdemoError, UnsupportedInputError
 from ichdemo.metrics import auroc_per_class
 from ichdemo.models import load_pretrained
 from ichdemo.quantify import Thresholds
-from train.calibrate import open_for_model, part_dataset
+from train.calibrate import SPLIT_HELP, open_for_model, part_dataset
 from train.infer import Predictions, dice_scores, instance_scores, label_maps, maps_to_input, predict
 
 
@@ -104,13 +104,14 @@ def evaluate(
     batch_size: int = 16,
     lopo: bool = True,
     overlays: int = 6,
+    split_mode: str = "auto",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate; returns (results for JSON, extras for the HTML report: overlay images)."""
     t0 = time.perf_counter()
     model, config = load_pretrained(model_dir, map_location=device)
     size = int(config["input_size"][-1])
     base = Thresholds.from_config(config.get("thresholds"))
-    source, split = open_for_model(Path(model_dir), spec, config)
+    source, split = open_for_model(Path(model_dir), spec, config, split_mode)
     a_part = auroc_part if auroc_part != "auto" else ("val" if split else "all")
     m_part = mask_part if mask_part != "auto" else ("test" if split and split.test else "val" if split else "all")
     a_data = part_dataset(source, split, a_part, size)
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-voxels", type=int, default=3000, help="instance Dice counts lesions above this size")
     p.add_argument("--no-lopo", action="store_true", help="skip the leave-one-patient-out mask thresholds")
     p.add_argument("--overlays", type=int, default=6, help="example overlays in the HTML report")
+    p.add_argument("--split", default="auto", help=SPLIT_HELP)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         results, extras = evaluate(args.model, args.data, args.auroc_part, args.mask_part, args.method,
-                                   args.min_voxels, args.device, args.batch_size, not args.no_lopo, args.overlays)
+                                   args.min_voxels, args.device, args.batch_size, not args.no_lopo, args.overlays,
+                                   args.split)
     except IchdemoError as err:
         if args.debug:
             raise

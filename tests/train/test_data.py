@@ -225,3 +225,19 @@ def test_preload_fills_the_cache_with_what_lazy_reads_give():
     assert sorted(loaded._cache) == [0, 1]
     for k in range(len(lazy)):
         assert torch.equal(lazy[k]["image"], loaded[k]["image"])
+
+
+def test_saved_split_follows_the_same_data_to_another_path(tmp_path):
+    """A model trained on a copy of the data (another spec) is calibrated/evaluated on its own held-out patients."""
+    from train.calibrate import open_for_model
+
+    patients = open_source("phantom:6").patients
+    Split(train=patients[:3], val=patients[3:5], test=patients[5:], source="phantom:6-copy-elsewhere").save(tmp_path)
+    assert open_for_model(tmp_path, "phantom:6", {})[1] is None  # auto: another spec, so every patient
+    _, split = open_for_model(tmp_path, "phantom:6", {}, "saved")
+    assert split.test == patients[5:] and split.val == patients[3:5]
+    Split(train=["nobody"], val=patients[:1], source="x").save(tmp_path)
+    with pytest.raises(ConfigError, match="nobody"):
+        open_for_model(tmp_path, "phantom:6", {}, "saved")
+    with pytest.raises(ConfigError, match="--split must be"):
+        open_for_model(tmp_path, "phantom:6", {}, "mine")
