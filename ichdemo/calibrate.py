@@ -215,7 +215,7 @@ def _confusions(sig: _Signatures, vectors: np.ndarray) -> np.ndarray:
     nc, nt = len(vectors), sig.n_truth
     idx = (np.arange(nc)[:, None] * n_pred + pred) * nt + sig.truth[None, :]
     cm = np.bincount(idx.ravel(), weights=np.broadcast_to(sig.counts, idx.shape).ravel(), minlength=nc * n_pred * nt)
-    cm = cm.reshape(nc, n_pred, nt)
+    cm = cm.astype(np.float64, copy=False).reshape(nc, n_pred, nt)  # an empty bincount comes back as int64
     cm[:, 0, :] += sig.inactive
     return cm
 

@@ -134,6 +134,17 @@ def test_binary_masks_recover_a_known_threshold():
     assert best01[0] == 100
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_closed_gates_everywhere_give_zero_dice_not_a_crash(binary):
+    # every slice below its class threshold: no pixel is ever active (this crashed on an int64 empty bincount)
+    maps = np.full((2, 5, 4, 4), 200.0, np.float32)
+    truth = np.zeros((2, 4, 4), bool if binary else np.int64)
+    truth[:, 1:3, 1:3] = True if binary else 1
+    best, table = grid_search_mask_thresholds(np.full((2, 5), 0.1), maps, truth, [0.5] * 5,
+                                              mask_kind="binary" if binary else "labels")
+    assert len(best) == 5 and table["score"] == 0.0
+
+
 def test_grid_search_rejects_bad_input():
     probs, maps, masks = _competing_subtypes()
     with pytest.raises(UnsupportedInputError, match="no hemorrhage"):
