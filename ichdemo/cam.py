@@ -7,8 +7,10 @@
 * ``lse_heatmaps``: for ``lse_unet`` models the heatmap is f_0 itself, straight from the forward pass.
   Exact claim (tested): Grad-CAM at f_0 (the layer ``model.cam_layer``) equals ``(r / n) * ReLU(f_0)`` for every
   class and every input, n = h * w, because d LSE_r(f_c) / d f_c = r * softmax(r f_c) sums to r over the
-  positions, so class c's weights are (r / n) on channel c and 0 elsewhere. Subtracting log(n) in LSE
-  (``lse_mean``) shifts the logits only and changes nothing here.
+  positions, so class c's weights are (r / n) on channel c and 0 elsewhere. The map itself is ReLU of the pixel
+  logits r * f_0 (+ log n when LSE is the paper's log-sum, without ``lse_mean``): the same as Grad-CAM up to scale
+  with ``lse_mean``; without it Grad-CAM's ReLU(f_0) is empty on trained models (f_0 < 0 everywhere), see
+  ``lse_heatmaps``.
 * ``guided_backprop`` and ``integrated_gradients`` (captum): the paper's extra baselines, at input resolution.
 * ``heatmaps(model, x, method="auto")`` dispatches by family.
 
@@ -22,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,8 +52,8 @@ class CamResult:
         logits: (B, C) the model's class logits from the same forward pass.
         probs: (B, C) ``sigmoid(logits)``.
         method: "gradcam", "lse", "guided_backprop" or "integrated_gradients".
-        pixel_logits: ``lse`` only: (B, C, h, w) ``r * f_0``, per-pixel logits on the scale of ``logits`` (a map
-            that is constant c pools to r*c): a fixed, image-independent heatmap scale.
+        pixel_logits: ``lse`` only: (B, C, h, w) per-pixel logits on the scale of ``logits`` (a map constant at c
+            pools to c): ``r * f_0``, plus log n without ``lse_mean``; a fixed, image-independent heatmap scale.
     """
 
     raw: torch.Tensor
@@ -171,17 +174,25 @@ def gradcam(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None) -
 
 
 def lse_heatmaps(model: nn.Module, x: torch.Tensor) -> CamResult:
-    """The ``lse_unet`` heatmaps: raw = ReLU(f_0) from one forward pass, no backward.
+    """The ``lse_unet`` heatmaps from one forward pass, no backward: raw = ReLU(pixel logits).
 
-    Grad-CAM at f_0 gives exactly ``(model.lse_r / n) * raw`` (n = h * w; module docstring), so ``normalized`` and
-    ``upsampled`` equal Grad-CAM's. ``pixel_logits`` = ``lse_r * f_0`` keeps the sign and a fixed scale.
+    ``pixel_logits`` = ``r * f_0 (+ log n without lse_mean)``: each pixel's logit on the scale of the slice logit
+    (a map that is constant c at every one of the n positions pools to exactly that value). LSE pooling lies
+    between the largest pixel logit minus log n and the largest pixel logit, so a slice called positive (logit > 0)
+    has positive pixels and a negative slice has none: raw is zero where the model sees no evidence. With lse_mean
+    raw = r * ReLU(f_0), and Grad-CAM at f_0 is exactly ``raw / n`` (module docstring). Without lse_mean, f_0 is
+    typically below zero everywhere (log n lifts the pooled value), so ReLU(f_0) (what Grad-CAM at f_0 gives) would
+    be empty: the log n offset is what makes the map usable.
     """
     if getattr(model, "family", None) != "lse_unet":
         raise ModelError(f"lse heatmaps need an lse_unet model, not {getattr(model, 'family', type(model).__name__)}")
     with torch.no_grad():
         out = model(x)
     f0 = out.maps[0].float()  # (B, C, H/4, W/4)
-    return make_result(F.relu(f0), out.logits, tuple(x.shape[-2:]), "lse", pixel_logits=model.lse_r * f0)
+    pixel_logits = model.lse_r * f0
+    if not model.lse_mean:
+        pixel_logits = pixel_logits + math.log(f0.shape[-2] * f0.shape[-1])
+    return make_result(F.relu(pixel_logits), out.logits, tuple(x.shape[-2:]), "lse", pixel_logits=pixel_logits)
 
 
 class _Logits(nn.Module):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -158,19 +161,44 @@ def test_gradcam_in_bf16_autocast_is_close_to_fp32(gap_model):
     assert (half.normalized - ref.normalized).abs().max() < 0.1
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"lse_mean": False}, {"lse_r": 5.0}])
-def test_gradcam_at_f0_is_r_over_n_times_relu_f0(kwargs):
-    """METHOD.md: Grad-CAM at the f0 layer is a rescaled f0, exactly (r / n) * ReLU(f0) for every class."""
+@pytest.mark.parametrize("kwargs", [{}, {"lse_r": 5.0}])
+def test_gradcam_at_f0_is_the_lse_map_over_n(kwargs):
+    """METHOD.md: Grad-CAM at the f0 layer is a rescaled f0: exactly (r / n) * ReLU(f0) for every class, which is
+    the LSE map (r * ReLU(f0) with lse_mean) divided by n."""
     model = _model(LSE, **kwargs)
     x = _x(2, 96)
     lse = lse_heatmaps(model, x)
     grad = GradCAM(model)(x)  # on model.cam_layer = the conv that outputs f0
     h, w = lse.raw.shape[-2:]
-    scale = model.lse_r / (h * w)
     assert (h, w) == (24, 24) and lse.raw.max() > 0
-    assert torch.allclose(grad.raw, scale * lse.raw, atol=1e-7, rtol=1e-4)
+    assert torch.allclose(grad.raw, lse.raw / (h * w), atol=1e-7, rtol=1e-4)
     assert torch.allclose(grad.normalized, lse.normalized, atol=1e-5)
     assert torch.allclose(grad.logits, lse.logits)
+
+
+@pytest.mark.parametrize("lse_mean", [True, False])
+def test_lse_map_is_relu_of_pixel_logits_that_bound_the_slice_logit(lse_mean):
+    """Pixel logits are on the slice logit's scale: LSE pooling lies in [max - log n, max] of them, so a positive
+    slice always has a non-empty map; with the paper's log-sum (no lse_mean) they carry the + log n that Grad-CAM's
+    ReLU(f0) lacks."""
+    model = _model(LSE, lse_mean=lse_mean)
+    with torch.no_grad():
+        for level in model.levels:  # the trained regime of a log-sum model: f0 below zero everywhere
+            level.head.bias.fill_(-2.5)
+    x = _x(2, 96)
+    lse = lse_heatmaps(model, x)
+    with torch.no_grad():
+        f0 = model(x).maps[0].float()
+    n = f0.shape[-1] * f0.shape[-2]
+    expected = model.lse_r * f0 + (0.0 if lse_mean else math.log(n))
+    assert torch.allclose(lse.pixel_logits, expected, atol=1e-5)
+    assert torch.allclose(lse.raw, torch.relu(expected), atol=1e-5)
+    top = lse.pixel_logits.amax(dim=(-2, -1))
+    assert (lse.logits <= top + 1e-4).all() and (lse.logits >= top - math.log(n) - 1e-4).all()
+    assert (lse.raw.amax(dim=(-2, -1))[lse.logits > 0] > 0).all()  # a positive call always shows where
+    if not lse_mean:
+        assert (f0 < 0).all() and GradCAM(model)(x).raw.max() == 0  # Grad-CAM at f0 sees nothing here
+        assert lse.raw.max() > 0
 
 
 def test_lse_heatmaps_fields(lse_model):
@@ -179,7 +207,7 @@ def test_lse_heatmaps_fields(lse_model):
     with torch.no_grad():
         out = lse_model(x)
     assert res.method == "lse" and res.raw.shape == (2, 5, 32, 32) and res.upsampled.shape == (2, 5, 128, 128)
-    assert torch.allclose(res.raw, torch.relu(out.maps[0]))
+    assert torch.allclose(res.raw, torch.relu(3.0 * out.maps[0]))
     assert torch.allclose(res.pixel_logits, 3.0 * out.maps[0])
     assert _hooks(lse_model) == 0
     with pytest.raises(ModelError, match="lse_unet"):
@@ -245,4 +273,4 @@ def test_gpu_bf16_gradcam_and_lse():
     assert lse_half.upsampled.shape == (4, 5, 256, 256)
     grad = GradCAM(lse)(x)
     n = lse_half.raw.shape[-1] * lse_half.raw.shape[-2]
-    assert torch.allclose(grad.raw, 3.0 / n * lse_heatmaps(lse, x).raw, atol=1e-6, rtol=1e-3)
+    assert torch.allclose(grad.raw, lse_heatmaps(lse, x).raw / n, atol=1e-6, rtol=1e-3)
