@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ichdemo.errors import ConfigError, ModelError
+from ichdemo.models.lse_unet import OUTSIDE, pooled_cells
 
 TINY = 1e-30
 METHODS: tuple[str, ...] = ("auto", "gradcam", "lse", "guided_backprop", "integrated_gradients")
@@ -188,11 +189,20 @@ def lse_heatmaps(model: nn.Module, x: torch.Tensor) -> CamResult:
         raise ModelError(f"lse heatmaps need an lse_unet model, not {getattr(model, 'family', type(model).__name__)}")
     with torch.no_grad():
         out = model(x)
+    return lse_result(model, out, tuple(x.shape[-2:]))
+
+
+def lse_result(model: nn.Module, out: Any, size: tuple[int, int]) -> CamResult:
+    """``lse_heatmaps`` from an ``Output`` the caller already has (its ``maps`` hold the signed f_k)."""
     f0 = out.maps[0].float()  # (B, C, H/4, W/4)
+    region = out.regions[0] if out.regions else None
     pixel_logits = model.lse_r * f0
     if not model.lse_mean:
-        pixel_logits = pixel_logits + math.log(f0.shape[-2] * f0.shape[-1])
-    return make_result(F.relu(pixel_logits), out.logits, tuple(x.shape[-2:]), "lse", pixel_logits=pixel_logits)
+        n = pooled_cells(region, f0.shape[-2] * f0.shape[-1])
+        pixel_logits = pixel_logits + (torch.log(n)[..., None, None] if isinstance(n, torch.Tensor) else math.log(n))
+    if region is not None:  # cells outside the pooled region carry no evidence
+        pixel_logits = pixel_logits.masked_fill(~region, OUTSIDE)
+    return make_result(F.relu(pixel_logits), out.logits, size, "lse", pixel_logits=pixel_logits)
 
 
 class _Logits(nn.Module):

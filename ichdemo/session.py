@@ -755,18 +755,23 @@ def _slice_input(lm, vol: Volume, index: int):
     return normalize_input(xt, lm.model.ich_cfg), spec
 
 
-def _run_one(lm, vol: Volume, index: int) -> tuple[np.ndarray, np.ndarray, ResizeSpec]:
-    """(5,) probabilities and (5, h, w) signed native maps of one slice: Grad-CAM for gap, f_0 for lse_unet."""
-    from ichdemo.cam import gradcam, lse_heatmaps
+def _run_one(lm, vol: Volume, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ResizeSpec]:
+    """One slice: (5,) probabilities, (5, h, w) native heatmaps (>= 0; Grad-CAM for gap, ReLU of the pixel logits
+    for lse_unet), the signed f_0 (lse_unet; None for gap) and the resize spec."""
+    import torch
+
+    from ichdemo.cam import gradcam, lse_result
 
     x, spec = _slice_input(lm, vol, index)
+    f0 = None
     if lm.family == "lse_unet":
-        res = lse_heatmaps(lm.model, x)
-        maps = (res.pixel_logits / lm.model.lse_r)[0]  # signed f_0
+        with torch.no_grad():
+            out = lm.model(x)
+        res = lse_result(lm.model, out, tuple(x.shape[-2:]))
+        f0 = out.maps[0][0].float().cpu().numpy()
     else:
         res = gradcam(lm.model, x)
-        maps = res.raw[0]
-    return res.probs[0].detach().float().cpu().numpy(), maps.detach().float().cpu().numpy(), spec
+    return res.probs[0].detach().float().cpu().numpy(), res.raw[0].detach().float().cpu().numpy(), f0, spec
 
 
 def _to255(m: np.ndarray) -> np.ndarray:
@@ -812,7 +817,7 @@ def explain_slice(
     r_maps, r_fig, hl, steps = [], None, [], []
     if gap_ref:
         lm = pool.get(gap_ref)
-        p, raw, spec = _run_one(lm, volume, index)
+        p, raw, _, spec = _run_one(lm, volume, index)
         n = raw.shape[-1]
         m255 = _to255(raw[k])
         maps.append(
@@ -833,17 +838,17 @@ def explain_slice(
         )
     if lse_ref:
         lm = pool.get(lse_ref)
-        p, f0, spec = _run_one(lm, volume, index)
-        n = f0.shape[-1]
+        p, heat, f0, spec = _run_one(lm, volume, index)
+        n = heat.shape[-1]
         model_r = float(lm.model.lse_r)
         maps.append(
             (
-                viz.heatmap_overlay(base, _on_source(spec, _to255(f0[k]), True), 0.6),
-                f"LSE-UNet f0 native {n}x{n}, p={p[k]:.2f} ({lm.name})",
+                viz.heatmap_overlay(base, _on_source(spec, _to255(heat[k]), True), 0.6),
+                f"LSE-UNet map native {n}x{n}, p={p[k]:.2f} ({lm.name})",
             )
         )
         r_maps, r_fig = _r_effect(base, spec, f0[k], r_values, model_r, getattr(lm.model, "lse_mean", True), cls)
-        steps = _algorithm1_steps(base, spec, p, f0, thresholds or lm.thresholds)
+        steps = _algorithm1_steps(base, spec, p, heat, thresholds or lm.thresholds)
         hl = _hloss_pair(pool, volume, index, k, base)
         notes.append(
             f"**LSE-UNet ({lm.name})**: heatmap f0 at {n}x{n}, r = {model_r:g}; "
@@ -871,10 +876,9 @@ def _r_effect(base, spec, f: np.ndarray, r_values, model_r: float, mean: bool, c
     return out, viz.lse_curve_figure(f, model_r, mean, cls)
 
 
-def _algorithm1_steps(base, spec, probs: np.ndarray, f0: np.ndarray, t: Thresholds) -> list[tuple[np.ndarray, str]]:
+def _algorithm1_steps(base, spec, probs: np.ndarray, heat: np.ndarray, t: Thresholds) -> list[tuple[np.ndarray, str]]:
     """Algorithm 1 on one slice: per subtype the gate and the thresholded map, then the argmax label map."""
-    raw = np.fmax(f0, 0)[None]  # (1, 5, h, w): ReLU(f0) is the heatmap
-    m255 = scale_heatmaps(raw, t.scale_mode, t.scale, dtype=np.uint8)[0]
+    m255 = scale_heatmaps(heat[None], t.scale_mode, t.scale, dtype=np.uint8)[0]
     src = np.stack([_on_source(spec, m, False) for m in m255]).astype(np.uint8)  # (5, H, W)
     labels = algorithm1(probs, src, t.class_thresholds, t.mask_thresholds)
     out = []
@@ -900,8 +904,9 @@ def _hloss_pair(pool: ModelPool, volume: Volume, index: int, k: int, base) -> li
     out = []
     for ref, what in ((with_h[0], "with HLoss"), (without[0], "without HLoss")):
         lm = pool.get(ref)
-        p, f0, spec = _run_one(lm, volume, index)
+        p, heat, _, spec = _run_one(lm, volume, index)
         out.append(
-            (viz.heatmap_overlay(base, _on_source(spec, _to255(f0[k]), True), 0.6), f"{what}: {lm.name} (p={p[k]:.2f})")
+            (viz.heatmap_overlay(base, _on_source(spec, _to255(heat[k]), True), 0.6),
+             f"{what}: {lm.name} (p={p[k]:.2f})")
         )
     return out

@@ -109,5 +109,5 @@ def test_phantom_button_and_teach_tab(page, tmp_path):
     page.click("#teach")
     page.wait_for_function("document.querySelectorAll('#teach-maps img').length >= 4")
     captions = page.inner_text("#teach-maps")
-    assert "Grad-CAM native 2x2 cells" in captions and "LSE-UNet f0 native 16x16" in captions
+    assert "Grad-CAM native 2x2 cells" in captions and "LSE-UNet map native 16x16" in captions
     _shot(page, tmp_path, "4_teach")

@@ -130,3 +130,43 @@ def test_decoder_channels_option():
 def test_encoder_without_stride_32_is_refused():
     with pytest.raises(ModelError, match="need 4, 8, 16, 32"):
         create_model("lse_unet", encoder="vit_tiny_patch16_224")
+
+
+def test_lse_pool_region_sums_inside_only():
+    r = 3.0
+    x = torch.tensor([0.0, 0.0, 5.0, math.log(2.0) / r]).view(1, 1, 2, 2)
+    region = torch.tensor([True, True, False, True]).view(1, 1, 2, 2)
+    # the 5.0 outside is ignored: sum exp(r x) over the region = 1 + 1 + 2
+    assert torch.allclose(lse_pool(x, r, mean=False, region=region), torch.tensor([[math.log(4.0)]]))
+    assert torch.allclose(lse_pool(x, r, mean=True, region=region), torch.tensor([[math.log(4.0 / 3.0)]]))
+    empty = torch.zeros_like(region)  # nothing inside: the whole map, never -inf
+    assert torch.allclose(lse_pool(x, r, mean=False, region=empty), lse_pool(x, r, mean=False))
+
+
+def test_foreground_pooling_ignores_the_air_around_the_head():
+    """pool_region="foreground": logits and heatmaps come from cells that hold some head; what the decoder writes
+    into the air cannot raise a logit."""
+    from ichdemo.cam import lse_heatmaps
+    from ichdemo.models.registry import normalize_input
+
+    torch.manual_seed(0)
+    model = create_model(TINY, pool_region="foreground", lse_mean=False).eval()
+    assert model.ich_cfg["model_args"]["pool_region"] == "foreground"
+    unit = torch.zeros(1, 3, 128, 128)
+    unit[:, :, 40:90, 30:100] = 0.5  # the "head"; air elsewhere
+    x = normalize_input(unit, model.ich_cfg)
+    with torch.no_grad():
+        out = model(x)
+        head = out.regions[0][0, 0]
+        assert head.shape == (32, 32) and head[10:22, 8:25].all() and not head[:8].any()
+        model.levels[0].head.bias.fill_(-5.0)
+        before = model(x).logits
+        f0_hook = model.levels[0].head.register_forward_hook(
+            lambda m, i, o: o.masked_fill(~head, 50.0))  # huge evidence in the air only
+        after = model(x).logits
+        f0_hook.remove()
+    assert torch.allclose(before, after, atol=1e-5)
+    res = lse_heatmaps(model, x)
+    assert (res.raw[0][:, ~head] == 0).all()
+    with pytest.raises(ModelError, match="pool_region"):
+        create_model(TINY, pool_region="brain")
