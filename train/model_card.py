@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ichdemo.atomic import write_text
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
+from train.report import pointing_lines
 
 ATTRIBUTION = (
     "CT-ICH: Hssayeni, M. (2019). Computed Tomography Images for Intracranial Hemorrhage Detection and Segmentation "
@@ -46,7 +47,8 @@ def _metrics(ev: dict) -> list[str]:
         if d:
             cells = [_fmt(d["per_class"].get(k)) for k in ("Normal", *CLASSES, "AVG")]
             out.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(d['any'].get('ICH'))} |")
-    return out
+    pointing = pointing_lines(ev)
+    return out + ["", *pointing] if pointing else out
 
 
 def _resumed(prov: dict) -> str:
@@ -93,7 +95,7 @@ def card(config: dict, ev: dict | None, name: str) -> str:
         f"{machine.get('gpu') or machine.get('device', '?')} "
         f"({machine.get('cpu_threads', '?')} CPU threads, {machine.get('precision', '?')}, {machine.get('platform', '?')},"
         f" torch {machine.get('torch', '?')}); commit `{prov.get('git_commit', '?')}`.",
-        f"- Initial weights: {config.get('init_weights', 'none (from scratch)')}.",
+        f"- Initial weights: {config.get('init_weights') or 'none (from scratch)'}.",
         *([f"- Note: {prov['note']}."] if prov.get("note") else []), "",
         "## Thresholds (config.json)", "",
         f"- Class thresholds (IPH..EDH): {t.get('class_thresholds')}",

@@ -70,9 +70,18 @@ def markdown(results: dict) -> str:
         f"Instance Dice (lesions over {results.get('min_voxels')} voxels), mean ± sd:", "",
         "| thresholds | " + " | ".join(CLASSES) + " |", "|" + "---|" * (len(CLASSES) + 1), *instance_rows(results), "",
         "Settings: " + "; ".join(f"**{k}**: {v}" for k, v in SETTINGS.items() if k in results.get("dice", {})) + ".",
-        "",
+        "", *pointing_lines(results),
     ]
     return "\n".join(lines)
+
+
+def pointing_lines(results: dict) -> list[str]:
+    """The pointing game (threshold-free localisation), when the results have it."""
+    p = results.get("pointing")
+    if not p or not p.get("slices"):
+        return []
+    return [f"Pointing game on {p['slices']} slices with hemorrhage: heatmap peak on the lesion (within "
+            f"{p['tolerance_px']} px) {_fmt(p['hit_rate'])}, peak inside the head {_fmt(p['peak_in_head'])}.", ""]
 
 
 def summary_line(results: dict) -> str:
@@ -81,7 +90,9 @@ def summary_line(results: dict) -> str:
     sub = (cal.get("subtype_mean") or {}).get("value")
     return (f"AUROC AVG {_fmt(results.get('auroc', {}).get('AVG'))}; Dice AVG "
             f"{_fmt(cal.get('per_class', {}).get('AVG'))}, subtype mean {_fmt(sub)}, "
-            f"any ICH {_fmt((cal.get('any') or {}).get('ICH'))}")
+            f"any ICH {_fmt((cal.get('any') or {}).get('ICH'))}; pointing hit "
+            f"{_fmt((results.get('pointing') or {}).get('hit_rate'))}, peak in head "
+            f"{_fmt((results.get('pointing') or {}).get('peak_in_head'))}")
 
 
 def _rgb(name: str) -> str:

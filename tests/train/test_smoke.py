@@ -76,7 +76,8 @@ def test_calibrate_evaluate_export(smoke_run, tmp_path, capsys):
     html = out_html.read_text()
     assert "plotly" in html.lower() and "data:image/png;base64," in html and "<script" in html
     assert 'src="http' not in html and len(html) > 1_000_000  # self-contained: plotly.js inline, no CDN
-    assert "| calibrated |" in out_md.read_text()
+    assert "| calibrated |" in out_md.read_text() and "Pointing game" in out_md.read_text()
+    assert res["pointing"]["slices"] > 0 and all(0 <= res["pointing"][k] <= 1 for k in ("hit_rate", "peak_in_head"))
 
     onnx_path = tmp_path / "model.onnx"
     capsys.readouterr()
