@@ -34,10 +34,11 @@ GAP_OVERRIDES = {"model": "gap", "model_args": {}, "epochs": 8, "lr": 0.001}
 number of training images as the lse_unet's decoder sees."""
 
 MEASURED = """\
-2026-11-25, shared 2-core CPU, 1 thread, seed 0 (Dice: held-out phantom:12:777, calibrated thresholds):
-  lse_unet  (frozen ImageNet EfficientNet-Lite0, lse_mean false, 14 epochs, 188 s): subtype mean 0.163
-            IPH 0.399  IVH 0.333  SAH 0.086  SDH 0.000  EDH 0.000; any hemorrhage 0.203; AUROC 0.890
-  gap + Grad-CAM (same encoder fine-tuned, 8 epochs, 219 s):                   subtype mean 0.009
+2026-11-26, shared 2-core CPU, 1 thread, seed 0 (Dice: held-out phantom:12:777, calibrated thresholds):
+  lse_unet  (frozen ImageNet EfficientNet-Lite0, lse_mean false, 14 epochs, 267 s): subtype mean 0.196
+            IPH 0.544  IVH 0.322  SAH 0.114  SDH 0.000  EDH 0.000; any hemorrhage 0.277; AUROC 0.890
+            (heatmap = ReLU(r f0 + log n); with the earlier ReLU(f0), 2026-11-25: subtype mean 0.163, any 0.203)
+  gap + Grad-CAM (same encoder fine-tuned, 8 epochs, 219 s, 2026-11-25):                   subtype mean 0.009
             IPH 0.021  IVH 0.008  SAH 0.010  SDH 0.006  EDH 0.001; any hemorrhage 0.013; AUROC 0.875
 Longest run seen: IPH-only phantoms, encoder fine-tuned, 15 epochs (5 min): IPH Dice 0.51."""
 

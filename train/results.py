@@ -64,17 +64,22 @@ def markdown(runs: list[dict], command: str) -> str:
         "thresholds from validation (Youden). CT-ICH masks mark any hemorrhage, so *any ICH* (the union of subtype "
         "masks against the mask) is the main figure; subtype Dice counts slices with a single labelled subtype only. "
         "*true gate* replaces the class decision by the true slice labels (what the heatmaps alone can do).", "",
+        "*Pointing game*: the peak of the heatmap of the slice's most probable labelled subtype lands on the lesion "
+        "(within 15 px) / inside the head at all; threshold-free.", "",
         "| run | any ICH (lopo) | Normal (lopo) | subtype mean (lopo) | any ICH (true gate) | any ICH (calibrated, "
-        "optimistic) | lopo mask thresholds (IPH..EDH), per held-out patient |", "|---|---|---|---|---|---|---|",
+        "optimistic) | pointing: on lesion | pointing: in head | lopo mask thresholds (IPH..EDH), per held-out "
+        "patient |", "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         d = r["ev"]["dice"]
         lopo, gate, cal = d.get("lopo", {}), d.get("true_gate", {}), d.get("calibrated", {})
+        point = r["ev"].get("pointing") or {}
         thresholds = "; ".join(f"{p}: {[int(t) for t in ts]}" for p, ts in (lopo.get("mask_thresholds") or {}).items())
         lines.append(
             f"| {r['name']} | {_f(lopo.get('any', {}).get('ICH'))} | {_f(lopo.get('per_class', {}).get('Normal'))} | "
             f"{_f((lopo.get('subtype_mean') or {}).get('value'))} | {_f(gate.get('any', {}).get('ICH'))} | "
-            f"{_f(cal.get('any', {}).get('ICH'))} | {thresholds} |"
+            f"{_f(cal.get('any', {}).get('ICH'))} | {_f(point.get('hit_rate'))} | {_f(point.get('peak_in_head'))} | "
+            f"{thresholds} |"
         )
     lines += [
         "", "## Reading these numbers", "",
