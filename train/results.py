@@ -21,6 +21,19 @@ def _f(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.3f}"
 
 
+def _epochs_run(folder: Path) -> str:
+    """Epochs actually run per stage (history.json; a time limit can end a stage early), e.g. "main 10 of 12"."""
+    path = folder / "history.json"
+    if not path.is_file():
+        return "?"
+    history = json.loads(path.read_text())
+    ran: dict[str, int] = {}
+    for h in history:
+        ran[h["stage"]] = ran.get(h["stage"], 0) + 1
+    stopped = {h["stage"] for h in history if h.get("stopped_early")}
+    return ", ".join(f"{k} {v}" + (" (time limit)" if k in stopped else "") for k, v in ran.items())
+
+
 def describe(folder: Path) -> dict:
     """What a run is (family, encoder, init, LSE form, HLoss, epochs) and its evaluation."""
     cfg = json.loads((folder / "config.json").read_text())
@@ -37,6 +50,9 @@ def describe(folder: Path) -> dict:
         "lse": ("log-mean" if args.get("lse_mean") else "log-sum") if lse else "-",
         "hloss": ("yes" if train_cfg.get("hloss", True) else "no") if lse else "-",
         "epochs": prov.get("epochs"),
+        "ran": _epochs_run(folder),
+        "seconds": prov.get("seconds"),
+        "machine": prov.get("machine") or {},
         "ev": ev,
     }
 
@@ -82,8 +98,18 @@ def markdown(runs: list[dict], command: str) -> str:
             f"{thresholds} |"
         )
     lines += [
+        "", "## Training", "",
+        "| run | epochs configured | epochs run | training time | machine | precision |", "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        m = r["machine"]
+        epochs = ", ".join(f"{k} {v}" for k, v in (r["epochs"] or {}).items())
+        lines.append(f"| {r['name']} | {epochs} | {r['ran']} | {(r['seconds'] or 0) / 60:.1f} min | "
+                     f"{m.get('gpu') or m.get('device')} | {m.get('precision')} |")
+    lines += [
         "", "## Reading these numbers", "",
         "- Five held-out patients and a few hundred validation slices: differences of a few hundredths are noise.",
+        "- Training times are wall times; train/bundle_gpu.sh runs independent trainings side by side on one GPU.",
         "- The paper's figures (RSNA 2019 training, BHSD test, RDNet-T at 512 px) are not comparable in size; see "
         "../shared/docs/METHOD.md for them.",
         "- Heatmaps: Grad-CAM on the last stage for gap models (16 px grid at 512 px input), the top LSE level map "
@@ -96,10 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.results", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run folders, each with config.json and eval.json")
     p.add_argument("--md", required=True, help="output markdown (docs/RESULTS.md)")
+    p.add_argument("--notes", help="a markdown file of dated observations appended as is")
     args = p.parse_args(argv)
     runs = [describe(Path(r)) for r in args.runs]
     command = "python -m train.results " + " ".join(args.runs) + f" --md {args.md}"
-    write_text(Path(args.md), markdown(runs, command))
+    command += f" --notes {args.notes}" if args.notes else ""
+    text = markdown(runs, command) + ("\n" + Path(args.notes).read_text() if args.notes else "")
+    write_text(Path(args.md), text)
     print(args.md)
     return 0
 
