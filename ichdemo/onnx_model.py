@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ichdemo.cam import heatmaps
+from ichdemo.cam import heatmaps, lse_result
 from ichdemo.errors import ModelError
 
 OUTPUTS = ("logits", "heatmap")
@@ -49,8 +49,8 @@ class ExportWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(x)
-        if self.family == "lse_unet":
-            return out.logits, F.relu(out.maps[0])
+        if self.family == "lse_unet":  # the same map as ichdemo.cam.lse_heatmaps
+            return out.logits, lse_result(self.model, out, tuple(x.shape[-2:])).raw
         a = self._features  # (B, K, h, w)
         if a.shape[1] != self.head.in_features:
             raise ModelError(

@@ -81,7 +81,10 @@ def _read_headers(ref: DicomRef) -> list[Dataset] | None:
     """Source headers from ``ref.files`` in slice order, or None when they are gone or are not the same images."""
     if len(ref.files) != len(ref.sop_instance_uids) or not all(Path(f).is_file() for f in ref.files):
         return None
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in ref.files]
+    try:
+        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in ref.files]
+    except FileNotFoundError:  # removed meanwhile (the app's upload cache is cleaned on a schedule)
+        return None
     if [str(h.get("SOPInstanceUID", "")) for h in headers] != list(ref.sop_instance_uids):
         return None
     return headers

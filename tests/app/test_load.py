@@ -1,6 +1,7 @@
 """Issue 9, "Load and isolation": eight concurrent sessions on the real app, then its clean-up.
 
-``python app.py`` runs in its own process on 127.0.0.1 with the bundled models (the default one is analysed), its
+``python app.py`` runs in its own process on 127.0.0.1 with a tiny untrained lse_unet checkpoint (the load is under
+test, not the model: its random maps segment something on every phantom, so every round exports a DICOM SEG), its
 temp folder and Gradio's cache pointed into the test's folder, Gradio's heartbeat at 1 s (so that a closed client
 counts as a closed tab within seconds) and a short ``ICHDEMO_DELETE_CACHE`` schedule. Eight threads each drive
 gradio_client sessions one after another for ``ICHDEMO_LOAD_S`` seconds (default 60; the issue's two minutes with
@@ -43,7 +44,6 @@ import pytest
 from gradio_client import Client, handle_file
 
 from ichdemo.constants import CLASSES
-from ichdemo.hub import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 N_SESSIONS = 8
@@ -96,6 +96,7 @@ class Server:
     tmp: Path  # the server's TMPDIR: session folders
     cache: Path  # GRADIO_TEMP_DIR
     log: Path
+    model: str  # the reference every session analyses
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -129,11 +130,7 @@ def wait_for(check, timeout: float, what: str, server: Server | None = None) -> 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from ichdemo.hub import bundled_names
-
-    if DEFAULT_MODEL not in bundled_names():
-        pytest.skip(f"the bundled default model checkpoints/{DEFAULT_MODEL} is missing")
+def server(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("load-server")
     tmp, cache = root / "tmp", root / "gradio"
     tmp.mkdir()
@@ -152,13 +149,13 @@ def server(tmp_path_factory):
     log = root / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(port), "--no-warm"],
+            [sys.executable, "app.py", "--port", str(port), "--no-warm", "--models", tiny_models["lse"]],
             cwd=REPO,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    srv = Server(f"http://127.0.0.1:{port}/", proc, tmp, cache, log)
+    srv = Server(f"http://127.0.0.1:{port}/", proc, tmp, cache, log, tiny_models["lse"])
 
     def up() -> bool:
         if proc.poll() is not None:
@@ -182,7 +179,7 @@ def server(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ one session
-def check_export(zpath: str, up: Upload, table_total: float) -> dict[str, float]:
+def check_export(zpath: str, up: Upload, table_total: float, model: str) -> dict[str, float]:
     """The draft zip holds this session's series and thresholds; returns its volumes."""
     with zipfile.ZipFile(zpath) as zf:
         report = json.loads(zf.read("prediction/report.json"))
@@ -194,12 +191,12 @@ def check_export(zpath: str, up: Upload, table_total: float) -> dict[str, float]
     assert seg.StudyInstanceUID == up.study_uid
     m = up.mask_threshold
     assert f"mask thresholds (IPH,IVH,SAH,SDH,EDH): {m}, {m}, {m}, {m}, {m}" in draft, draft
-    assert report["model"]["name"] == DEFAULT_MODEL
+    assert report["model"]["name"] == Path(model).name
     assert report["volumes_ml"]["total"] == pytest.approx(table_total, abs=1e-3)
     return report["volumes_ml"]
 
 
-def session_round(url: str, up: Upload) -> dict[str, float]:
+def session_round(url: str, up: Upload, model: str) -> dict[str, float]:
     """One browser session from upload to export; returns the exported volumes."""
     c = Client(url, verbose=False)
     try:
@@ -207,18 +204,18 @@ def session_round(url: str, up: Upload) -> dict[str, float]:
         n, rows, cols = up.shape
         assert status == "Series loaded." and f"seed {up.seed} " in info, info
         assert f"{n} slice(s) of {cols} x {rows} px" in info and slider["maximum"] == n - 1, info
-        ran = c.predict([DEFAULT_MODEL], None, api_name="/analyze")
-        assert ran[1]["value"] == DEFAULT_MODEL, ran[0]
+        ran = c.predict([model], None, api_name="/analyze")
+        assert ran[1]["value"] == model, ran[0]
         view = c.predict(
-            [DEFAULT_MODEL], DEFAULT_MODEL, n // 2, "brain", 0.45, 0.5, False, *up.set_thresholds_args(),
+            [model], model, n // 2, "brain", 0.45, 0.5, False, *up.set_thresholds_args(),
             api_name="/set_thresholds",
         )  # fmt: skip
         overlay, table = view[0], view[-1]
         assert cv2.imread(overlay).shape[:2] == (rows, cols)
         total = float(table["data"][-1][1])
-        zpath, note = c.predict(DEFAULT_MODEL, ["dicom-seg"], api_name="/export")
-        assert DEFAULT_MODEL in note and "skipped" not in note, note
-        return check_export(zpath, up, total)
+        zpath, note = c.predict(model, ["dicom-seg"], api_name="/export")
+        assert "Draft written" in note and "skipped" not in note, note
+        return check_export(zpath, up, total, model)
     finally:
         c.close()
 
@@ -263,7 +260,7 @@ def test_eight_sessions_stay_apart_and_clean_up(server, tmp_path):
     def drive(up: Upload) -> None:
         while time.monotonic() < deadline:
             try:
-                volumes[up.number].append(session_round(server.url, up))
+                volumes[up.number].append(session_round(server.url, up, server.model))
             except Exception as err:  # noqa: BLE001 - every failure is collected and reported below
                 errors.append(f"session {up.number}, round {len(volumes[up.number]) + 1}: {type(err).__name__}: {err}")
                 return
@@ -310,7 +307,7 @@ def test_eight_sessions_stay_apart_and_clean_up(server, tmp_path):
     frequency, age = CACHE_SCHEDULE
     examples = sorted(p.name for p in (REPO / "examples").rglob("*.jpg"))
     emptied = lambda: server.cached_names() == examples  # noqa: E731
-    wait_for(emptied, age + 3 * frequency + 15, "Gradio's cache was not emptied", server)
+    wait_for(emptied, age + 3 * frequency + 60, "Gradio's cache was not emptied", server)  # slack: busy CI machines
 
     # after the server stops: nothing of it left in its temp folder; its log has no traceback and no header value
     server.proc.send_signal(signal.SIGINT)

@@ -257,3 +257,23 @@ def test_explain_slice(pool, tiny_models, analysed):
     with pytest.raises(UnsupportedInputError):
         explain_slice(pool, analysed.volume, 4, "IPH", None, None)
     assert CLASSES[0] == "IPH"
+
+
+def test_export_while_the_uploads_are_being_removed_still_writes_the_seg(pool, tiny_models, analysed, monkeypatch):
+    """DICOM SEG re-reads the uploaded headers; when the cache clean-up removes them between the check and the read
+    (seen under load), the SEG is built from the headers kept at load time instead of failing."""
+    import ichdemo.export.dicom_seg as dicom_seg
+
+    def vanished(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "CT0008.dcm")
+
+    s, ref = analysed, tiny_models["lse"]
+    s.set_thresholds(ref, [0.0] * 5, [25] * 5)
+    monkeypatch.setattr(dicom_seg.pydicom, "dcmread", vanished)
+    try:
+        path, skipped = s.export(ref, ["dicom-seg"])
+        assert skipped == {}
+        with zipfile.ZipFile(path) as zf:
+            assert "formats/dicom-seg/labels.seg.dcm" in zf.namelist()
+    finally:
+        s.reset_thresholds(ref)

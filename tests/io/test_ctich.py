@@ -153,6 +153,7 @@ def test_real_volume(real):
 
 def test_pack_reads_back_as_the_same_dataset_at_the_training_size(tmp_path):
     rng = np.random.default_rng(0)
+    (tmp_path / "src").mkdir()
     src = _fake(tmp_path / "src")
     for path in (src / "Patients_CT").rglob("*.jpg"):  # smooth 96 px slices instead of the fake's flat 8 px ones
         if "Seg" not in path.name:
