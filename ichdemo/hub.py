@@ -103,7 +103,7 @@ def bundled_names() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file())
 
 
-DEFAULT_MODEL = "lse_unet_lite0"
+DEFAULT_MODEL = "lse_unet_lite0_fg"
 
 
 def default_model() -> str:

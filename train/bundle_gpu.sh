@@ -126,7 +126,7 @@ PYEOF
   bundle runs/gpu/lse_unet_lite0_nohloss lse_unet_lite0_nohloss
   bundle runs/gpu/lse_unet_lite0_lsemean ""
   $PY -m train.results runs/gpu/lse_unet_lite0 runs/gpu/lse_unet_lite0_nohloss runs/gpu/lse_unet_lite0_lsemean \
-      runs/gpu/lse_unet_lite0/stage1 runs/gpu/gap_mobilenetv2 runs/gpu/gap_lite0_scratch --md docs/RESULTS.md \
+      runs/gpu/lse_unet_lite0/stage1 runs/gpu/gap_mobilenetv2 runs/gpu/gap_lite0_scratch $(ls -d runs/ctich_fg 2>/dev/null) --md docs/RESULTS.md \
       --notes docs/RESULTS_notes.md
 }
 

