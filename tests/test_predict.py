@@ -22,6 +22,8 @@ def tiny_models(tmp_path_factory):
     for name in ("lse_unet_mobilenetv3_small_050", "gap_mobilenetv3_small_050", "gap_tf_efficientnet_lite0"):
         model = create_model(name, pretrained=False)
         out[name] = save_pretrained(model, root / name, {"input_size": [3, 64, 64]})
+    fg = create_model("lse_unet_mobilenetv3_small_050", pretrained=False, pool_region="foreground", lse_mean=False)
+    out["lse_foreground"] = save_pretrained(fg, root / "lse_foreground", {"input_size": [3, 64, 64]})
     return out
 
 
@@ -116,7 +118,7 @@ def test_cli_predict_unreadable_input(tiny_models, tmp_path, capsys):
     assert rc == 2 and err.startswith("error: ") and "\n" not in err
 
 
-@pytest.mark.parametrize("name", ["lse_unet_mobilenetv3_small_050", "gap_tf_efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["lse_unet_mobilenetv3_small_050", "lse_foreground", "gap_tf_efficientnet_lite0"])
 def test_onnx_runtime_matches_torch(tiny_models, series, name, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     vol = load_volume(series)

@@ -231,7 +231,13 @@ class LseUnet(nn.Module):
         c = x.shape[1] // 2  # the middle slice of the stack
         unit = x[:, c : c + 1].float() * self.ich_cfg["std"][c] + self.ich_cfg["mean"][c]
         head = (unit > FOREGROUND_LEVEL).float()
-        return [F.adaptive_max_pool2d(head, tuple(f.shape[-2:])) > 0 for f in maps]
+        regions = []
+        for stride, f in zip(LEVEL_STRIDES, maps):
+            cells = F.max_pool2d(head, kernel_size=stride, stride=stride, ceil_mode=True)  # constant sizes: ONNX
+            if cells.shape[-2:] != f.shape[-2:]:
+                cells = F.adaptive_max_pool2d(head, tuple(f.shape[-2:]))
+            regions.append(cells > 0)
+        return regions
 
     def forward(self, x: torch.Tensor) -> Output:
         """x (B, in_chans, H, W) normalised -> ``Output`` with logits (B, C), maps [f0..f3], level_logits [l0..l3]

@@ -23,8 +23,10 @@ from train import train as train_script
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "train" / "configs" / "smoke.yaml"
-DICE_FLOOR = 0.0
-"""Any-hemorrhage Dice on held-out phantoms after the smoke run (measured: see the module docstring)."""
+DICE_FLOOR = 0.1
+"""Any-hemorrhage Dice on held-out phantoms after the smoke run, calibrated thresholds: measured 0.218 (2026-11-26,
+this config on the 2-core CPU; pointing game 0.80). Random or misaligned maps score near 0."""
+POINTING_FLOOR = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def test_calibrate_evaluate_export(smoke_run, tmp_path, capsys):
     assert "plotly" in html.lower() and "data:image/png;base64," in html and "<script" in html
     assert 'src="http' not in html and len(html) > 1_000_000  # self-contained: plotly.js inline, no CDN
     assert "| calibrated |" in out_md.read_text() and "Pointing game" in out_md.read_text()
-    assert res["pointing"]["slices"] > 0 and all(0 <= res["pointing"][k] <= 1 for k in ("hit_rate", "peak_in_head"))
+    assert res["pointing"]["slices"] > 0 and res["pointing"]["hit_rate"] >= POINTING_FLOOR, res["pointing"]
 
     onnx_path = tmp_path / "model.onnx"
     capsys.readouterr()
