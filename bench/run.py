@@ -14,7 +14,7 @@ Figures (JSON keys; null where not measured, e.g. GPU figures without a GPU):
     gpu_train_speedup      training step bf16 + channels_last / fp32 eager, GPU                       (no target)
     lse_over_gap           throughput of LSE-UNet forward with heatmaps / gap forward, same encoder  (target >= 0.6)
     series_over_forward    40-slice DICOM series end to end / 40 forward passes, default model       (target <= 1.3)
-    peak_rss_gb            peak resident memory of the process after the series run                  (target <= 2.5)
+    peak_rss_gb            peak resident memory of a fresh process running the series end to end     (target <= 2.5)
     rethreshold_ms         one slider move over a cached 40-slice series: Algorithm 1 + volumes      (target <= 100)
     onnx_speedup           torch eager time / ONNX Runtime time, default model, CPU                  (target >= 1.3)
 Per-model details go under "models". Medians over repeats.
@@ -156,8 +156,28 @@ def series_and_rethreshold(lm: LoadedModel, slices: int, repeats: int) -> dict:
         "forward_s": t_fwd,
         "series_over_forward": t_series / (slices * t_fwd),
         "rethreshold_ms": t_rethr * 1000,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
     }
+
+
+def _series_peak_rss(slices: int) -> float:
+    """Child-process body: load the default model, run a ``slices``-slice DICOM series end to end; peak RSS (GB)."""
+    torch.set_num_threads(2)
+    lm = default_loaded(512)
+    ph = generate_phantom(seed=1, subtypes=("IPH", "SDH"), shape=(slices, 512, 512))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dicom_series(ph.hu, ph.spacing, tmp)
+        vol = load_volume(tmp)
+        volumes_ml(analyze(lm, vol).labels(), vol.spacing)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def series_peak_rss(slices: int) -> float:
+    """Peak resident memory of a fresh process that only reads, analyses and measures one series (what a user's
+    ``predict`` or one app analysis costs), not of this process, which holds every bundled model by now."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_series_peak_rss, (slices,))
 
 
 def onnx_vs_torch(lm: LoadedModel, repeats: int) -> dict:
@@ -214,7 +234,7 @@ def run(quick: bool) -> dict:
         "gpu_train_speedup": None,
         "lse_over_gap": None,
         "series_over_forward": series["series_over_forward"],
-        "peak_rss_gb": series["peak_rss_gb"],
+        "peak_rss_gb": series_peak_rss(slices),
         "rethreshold_ms": series["rethreshold_ms"],
         "onnx_speedup": None,
         "details": {"series": series},
@@ -237,7 +257,7 @@ TARGETS = {
     "gpu_train_speedup": (">=", 1.0, "training step bf16 + channels_last / fp32 eager, GPU (no target set; 1 = no gain)"),
     "lse_over_gap": (">=", 0.6, "LSE-UNet forward+heatmaps throughput / gap forward, same encoder"),
     "series_over_forward": ("<=", 1.3, "series end to end / (slices x forward)"),
-    "peak_rss_gb": ("<=", 2.5, "peak resident memory (GB) after the series run"),
+    "peak_rss_gb": ("<=", 2.5, "peak resident memory (GB) of a fresh process running the series end to end"),
     "rethreshold_ms": ("<=", 100, "one slider move over the cached series (ms)"),
     "onnx_speedup": (">=", 1.3, "torch eager time / ONNX Runtime time, default model"),
 }
