@@ -159,25 +159,39 @@ def series_and_rethreshold(lm: LoadedModel, slices: int, repeats: int) -> dict:
     }
 
 
-def _series_peak_rss(slices: int) -> float:
-    """Child-process body: load the default model, run a ``slices``-slice DICOM series end to end; peak RSS (GB)."""
+def _series_peak_rss(folder: str) -> float:
+    """Child-process body: load the default model, read and analyse the DICOM series in ``folder``, measure the
+    volumes; the process's peak RSS (GB)."""
     torch.set_num_threads(2)
     lm = default_loaded(512)
-    ph = generate_phantom(seed=1, subtypes=("IPH", "SDH"), shape=(slices, 512, 512))
-    with tempfile.TemporaryDirectory() as tmp:
-        write_dicom_series(ph.hu, ph.spacing, tmp)
-        vol = load_volume(tmp)
-        volumes_ml(analyze(lm, vol).labels(), vol.spacing)
+    vol = load_volume(folder)
+    volumes_ml(analyze(lm, vol).labels(), vol.spacing)
+    return peak_rss_gb()
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory: VmHWM on Linux (its own address space; getrusage's ru_maxrss survives
+    fork and exec, so a child would report its parent's peak), ru_maxrss elsewhere."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def series_peak_rss(slices: int) -> float:
     """Peak resident memory of a fresh process that only reads, analyses and measures one series (what a user's
-    ``predict`` or one app analysis costs), not of this process, which holds every bundled model by now."""
+    ``predict`` or one app analysis costs): not this process, which holds every bundled model by now, and not the
+    phantom's generation (about 2 GB of float64 work for 40 slices), which happens here."""
     import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_series_peak_rss, (slices,))
+    ph = generate_phantom(seed=1, subtypes=("IPH", "SDH"), shape=(slices, 512, 512))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dicom_series(ph.hu, ph.spacing, tmp)
+        del ph
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_series_peak_rss, (tmp,))
 
 
 def onnx_vs_torch(lm: LoadedModel, repeats: int) -> dict:
