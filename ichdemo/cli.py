@@ -71,7 +71,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         paths = write_outputs(analysis, vol, target, thresholds, source_paths=[inp])
         report = json.loads(paths["report"].read_text())
         vols = ", ".join(f"{k} {v:.2f} mL" for k, v in report["volumes_ml"].items())
-        print(f"{inp}: {vol.shape[0]} slices -> {target} ({vols})")
+        print(f"{inp}: {vol.shape[0]} slice(s) -> {target} ({vols})")
         if formats:
             _export(analysis.labels(thresholds), vol, formats, target, lm.describe(), thresholds, args.keep_phi,
                     EXPORT_NAME)
@@ -113,7 +113,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     formats = _parse_formats(args.format)
     pred = read_prediction(args.pred_dir)
     _check_formats(formats, pred.volume, args.pred_dir)
-    print(f"{args.pred_dir}: {pred.volume.shape[0]} slices -> {args.out}")
+    print(f"{args.pred_dir}: {pred.volume.shape[0]} slice(s) -> {args.out}")
     _export(pred.labels, pred.volume, formats, Path(args.out), pred.model_info, pred.thresholds, args.keep_phi,
             pred.name)
     return 0
