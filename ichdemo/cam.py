@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ichdemo.errors import ConfigError, ModelError
-from ichdemo.models.lse_unet import OUTSIDE, pooled_cells
+from ichdemo.models.lse_unet import OUTSIDE
 
 TINY = 1e-30
 METHODS: tuple[str, ...] = ("auto", "gradcam", "lse", "guided_backprop", "integrated_gradients")
@@ -197,11 +197,13 @@ def lse_result(model: nn.Module, out: Any, size: tuple[int, int]) -> CamResult:
     f0 = out.maps[0].float()  # (B, C, H/4, W/4)
     region = out.regions[0] if out.regions else None
     pixel_logits = model.lse_r * f0
-    if not model.lse_mean:
-        n = pooled_cells(region, f0.shape[-2] * f0.shape[-1])
-        pixel_logits = pixel_logits + (torch.log(n)[..., None, None] if isinstance(n, torch.Tensor) else math.log(n))
-    if region is not None:  # cells outside the pooled region carry no evidence
-        pixel_logits = pixel_logits.masked_fill(~region, OUTSIDE)
+    if region is None:
+        if not model.lse_mean:  # + log of the cells pooled over
+            pixel_logits = pixel_logits + math.log(f0.shape[-2] * f0.shape[-1])
+    else:
+        if not model.lse_mean:  # per image
+            pixel_logits = pixel_logits + torch.log(region.sum(dim=(-2, -1), keepdim=True).float())
+        pixel_logits = pixel_logits.masked_fill(~region, OUTSIDE)  # cells outside carry no evidence
     return make_result(F.relu(pixel_logits), out.logits, size, "lse", pixel_logits=pixel_logits)
 
 

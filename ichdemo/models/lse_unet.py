@@ -76,24 +76,20 @@ def lse_pool(x: torch.Tensor, r: float = 3.0, mean: bool = True, region: torch.T
 
     ``log(sum_i exp(r x_i))``, minus ``log(n)`` when ``mean`` (see the module docstring). Its gradient with respect
     to x_i is ``r * softmax(r x)_i``. Computed in float32 for bf16/fp16 inputs. ``region`` (B, 1, H, W) bool
-    restricts the sum (and n) to its cells; an image with an empty region is pooled whole.
+    restricts the sum (and n) to its cells; an image with an empty region is pooled whole (``whole_if_empty``).
     """
     flat = x.float().flatten(2) * r  # (B, C, n)
     if region is None:
         out = torch.logsumexp(flat, dim=-1)
         return out - math.log(flat.shape[-1]) if mean else out
-    inside = region.flatten(2)  # (B, 1, n)
-    inside = inside | ~inside.any(dim=-1, keepdim=True)
+    inside = whole_if_empty(region).flatten(2)  # (B, 1, n)
     out = torch.logsumexp(flat.masked_fill(~inside, OUTSIDE), dim=-1)
     return out - torch.log(inside.sum(dim=-1).float()) if mean else out
 
 
-def pooled_cells(region: torch.Tensor | None, n: int) -> torch.Tensor | float:
-    """Cells each image pools over: (B, 1) counts for a ``region`` (B, 1, h, w) (empty counts as whole), else n."""
-    if region is None:
-        return float(n)
-    inside = region.flatten(2).sum(dim=-1).float()
-    return torch.where(inside > 0, inside, torch.full_like(inside, n))
+def whole_if_empty(region: torch.Tensor) -> torch.Tensor:
+    """(B, 1, h, w) bool cells to pool over, with every cell of an image whose region is empty (nothing to pool)."""
+    return region | ~region.flatten(1).any(dim=1)[:, None, None, None]
 
 
 def select_levels(reductions: Sequence[int]) -> list[int]:
@@ -225,7 +221,8 @@ class LseUnet(nn.Module):
         )
 
     def regions(self, x: torch.Tensor, maps: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-        """Per level, the (B, 1, h_k, w_k) cells pooled over (``pool_region="foreground"``), else None."""
+        """Per level, the (B, 1, h_k, w_k) cells pooled over (``pool_region="foreground"``; all of them for an image
+        without head), else None."""
         if self.pool_region == "image":
             return None
         c = x.shape[1] // 2  # the middle slice of the stack
@@ -236,7 +233,7 @@ class LseUnet(nn.Module):
             cells = F.max_pool2d(head, kernel_size=stride, stride=stride, ceil_mode=True)  # constant sizes: ONNX
             if cells.shape[-2:] != f.shape[-2:]:
                 cells = F.adaptive_max_pool2d(head, tuple(f.shape[-2:]))
-            regions.append(cells > 0)
+            regions.append(whole_if_empty(cells > 0))
         return regions
 
     def forward(self, x: torch.Tensor) -> Output:

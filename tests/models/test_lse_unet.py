@@ -168,5 +168,17 @@ def test_foreground_pooling_ignores_the_air_around_the_head():
     assert torch.allclose(before, after, atol=1e-5)
     res = lse_heatmaps(model, x)
     assert (res.raw[0][:, ~head] == 0).all()
+    # no head at all (an empty slice): pooled whole, and the map is the whole-image model's, so it agrees with
+    # the logit instead of being blank beside a positive call
+    with torch.no_grad():
+        model.levels[0].head.bias.fill_(1.0)  # evidence everywhere, so the maps are not blank
+    whole = create_model(TINY, lse_mean=False).eval()
+    whole.load_state_dict(model.state_dict())
+    air = normalize_input(torch.zeros(1, 3, 128, 128), model.ich_cfg)
+    with torch.no_grad():
+        assert model(air).regions[0].all()
+    got, ref = lse_heatmaps(model, air), lse_heatmaps(whole, air)
+    assert ref.raw.max() > 0
+    assert torch.allclose(got.logits, ref.logits, atol=1e-5) and torch.allclose(got.raw, ref.raw, atol=1e-4)
     with pytest.raises(ModelError, match="pool_region"):
         create_model(TINY, pool_region="brain")
