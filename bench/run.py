@@ -281,8 +281,7 @@ def with_gpu(result: dict, gpu: dict | None) -> dict:
     """The CPU result with the GPU figures of a ``bench.gpu`` JSON filled in (that run's machine kept beside)."""
     if not gpu:
         return result
-    keys = ("gpu_cam_over_forward", "gpu_cam_over_pgc", "gpu_lse_over_gap", "gpu_train_speedup")
-    return result | {k: gpu.get(k) for k in keys} | {"gpu": gpu}
+    return result | {k: gpu.get(k) for k in TARGETS if k.startswith("gpu_")} | {"gpu": gpu}
 
 
 def gpu_markdown(gpu: dict) -> list[str]:

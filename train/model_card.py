@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ichdemo.atomic import write_text
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
-from train.report import pointing_lines
+from train.report import fmt, pointing_lines
 
 ATTRIBUTION = (
     "CT-ICH: Hssayeni, M. (2019). Computed Tomography Images for Intracranial Hemorrhage Detection and Segmentation "
@@ -23,12 +23,8 @@ ATTRIBUTION = (
 )
 
 
-def _fmt(v) -> str:
-    return "n/a" if v is None or v != v else f"{v:.3f}"
-
-
 def _row(values: dict, keys) -> str:
-    return "| " + " | ".join(_fmt(values.get(k)) for k in keys) + " |"
+    return "| " + " | ".join(fmt(values.get(k)) for k in keys) + " |"
 
 
 def _metrics(ev: dict) -> list[str]:
@@ -45,8 +41,8 @@ def _metrics(ev: dict) -> list[str]:
     for name in ("lopo", "calibrated", "true_gate"):
         d = ev["dice"].get(name)
         if d:
-            cells = [_fmt(d["per_class"].get(k)) for k in ("Normal", *CLASSES, "AVG")]
-            out.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(d['any'].get('ICH'))} |")
+            cells = [fmt(d["per_class"].get(k)) for k in ("Normal", *CLASSES, "AVG")]
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(d['any'].get('ICH'))} |")
     pointing = pointing_lines(ev)
     return out + ["", *pointing] if pointing else out
 

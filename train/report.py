@@ -24,13 +24,14 @@ SETTINGS: dict[str, str] = {
 }
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
+    """A metric with 3 decimals; "n/a" for None or NaN."""
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
 
 
 def auroc_row(results: dict) -> str:
     a = results.get("auroc", {})
-    return "| " + " | ".join(_fmt(a.get(c)) for c in (*CLASSES, "AVG")) + " |"
+    return "| " + " | ".join(fmt(a.get(c)) for c in (*CLASSES, "AVG")) + " |"
 
 
 def dice_rows(results: dict) -> list[str]:
@@ -38,8 +39,8 @@ def dice_rows(results: dict) -> list[str]:
     for setting, scores in results.get("dice", {}).items():
         per = scores.get("per_class", {})
         sub = (scores.get("subtype_mean") or {}).get("value")
-        rows.append(f"| {setting} | " + " | ".join(_fmt(per.get(c)) for c in DICE_COLUMNS)
-                    + f" | {_fmt(sub)} | {_fmt((scores.get('any') or {}).get('ICH'))} |")
+        rows.append(f"| {setting} | " + " | ".join(fmt(per.get(c)) for c in DICE_COLUMNS)
+                    + f" | {fmt(sub)} | {fmt((scores.get('any') or {}).get('ICH'))} |")
     return rows
 
 
@@ -50,7 +51,7 @@ def instance_rows(results: dict) -> list[str]:
         cells = []
         for c in CLASSES:
             e = inst.get(c) or {}
-            cells.append(f"{_fmt(e.get('mean'))} ± {_fmt(e.get('sd'))} (n={e.get('n', 0)})" if e.get("n") else "n/a")
+            cells.append(f"{fmt(e.get('mean'))} ± {fmt(e.get('sd'))} (n={e.get('n', 0)})" if e.get("n") else "n/a")
         rows.append(f"| {setting} | " + " | ".join(cells) + " |")
     return rows
 
@@ -81,18 +82,18 @@ def pointing_lines(results: dict) -> list[str]:
     if not p or not p.get("slices"):
         return []
     return [f"Pointing game on {p['slices']} slices with hemorrhage: heatmap peak on the lesion (within "
-            f"{p['tolerance_px']} px) {_fmt(p['hit_rate'])}, peak inside the head {_fmt(p['peak_in_head'])}.", ""]
+            f"{p['tolerance_px']} px) {fmt(p['hit_rate'])}, peak inside the head {fmt(p['peak_in_head'])}.", ""]
 
 
 def summary_line(results: dict) -> str:
     """One line for the console."""
     cal = results.get("dice", {}).get("calibrated", {})
     sub = (cal.get("subtype_mean") or {}).get("value")
-    return (f"AUROC AVG {_fmt(results.get('auroc', {}).get('AVG'))}; Dice AVG "
-            f"{_fmt(cal.get('per_class', {}).get('AVG'))}, subtype mean {_fmt(sub)}, "
-            f"any ICH {_fmt((cal.get('any') or {}).get('ICH'))}; pointing hit "
-            f"{_fmt((results.get('pointing') or {}).get('hit_rate'))}, peak in head "
-            f"{_fmt((results.get('pointing') or {}).get('peak_in_head'))}")
+    return (f"AUROC AVG {fmt(results.get('auroc', {}).get('AVG'))}; Dice AVG "
+            f"{fmt(cal.get('per_class', {}).get('AVG'))}, subtype mean {fmt(sub)}, "
+            f"any ICH {fmt((cal.get('any') or {}).get('ICH'))}; pointing hit "
+            f"{fmt((results.get('pointing') or {}).get('hit_rate'))}, peak in head "
+            f"{fmt((results.get('pointing') or {}).get('peak_in_head'))}")
 
 
 def _rgb(name: str) -> str:
@@ -106,7 +107,7 @@ def roc_figure(results: dict):
     fig = go.Figure()
     for name, roc in results.get("roc", {}).items():
         auc = results.get("auroc", {}).get(name)
-        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"{name} (AUROC {_fmt(auc)})",
+        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"{name} (AUROC {fmt(auc)})",
                                  line={"color": _rgb(name)}))
         pt = roc["point"]
         fig.add_trace(go.Scatter(x=[pt["fpr"]], y=[pt["tpr"]], mode="markers", showlegend=False,

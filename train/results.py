@@ -15,14 +15,12 @@ from pathlib import Path
 
 from ichdemo.atomic import write_text
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
-
-
-def _f(v) -> str:
-    return "n/a" if v is None or v != v else f"{v:.3f}"
+from train.report import fmt
 
 
 def _epochs_run(folder: Path) -> str:
-    """Epochs actually run per stage (history.json; a time limit can end a stage early), e.g. "main 10 of 12"."""
+    """Epochs actually run per stage (history.json; a time limit can end a stage early), e.g. "main 10 (time
+    limit)"."""
     path = folder / "history.json"
     if not path.is_file():
         return "?"
@@ -76,7 +74,7 @@ def markdown(runs: list[dict], command: str) -> str:
         a = r["ev"]["auroc"]
         lines.append(f"| {r['name']} | {r['family']} | {r['encoder']} | {r['init']} | {r['ev']['input_size']} | "
                      f"{r['lse']} | {r['hloss']} | "
-                     + " | ".join(_f(a.get(k)) for k in keys) + " |")
+                     + " | ".join(fmt(a.get(k)) for k in keys) + " |")
     lines += [
         "", f"## Localisation: Dice on the {ev0['mask_slices']} masked slices of the held-out patients", "",
         "Mask thresholds chosen leave-one-patient-out (*lopo*: tuned on four patients, scored on the fifth); class "
@@ -95,9 +93,9 @@ def markdown(runs: list[dict], command: str) -> str:
         point = r["ev"].get("pointing") or {}
         thresholds = "; ".join(f"{p}: {[int(t) for t in ts]}" for p, ts in (lopo.get("mask_thresholds") or {}).items())
         lines.append(
-            f"| {r['name']} | {_f(lopo.get('any', {}).get('ICH'))} | {_f(lopo.get('per_class', {}).get('Normal'))} | "
-            f"{_f((lopo.get('subtype_mean') or {}).get('value'))} | {_f(gate.get('any', {}).get('ICH'))} | "
-            f"{_f(cal.get('any', {}).get('ICH'))} | {_f(point.get('hit_rate'))} | {_f(point.get('peak_in_head'))} | "
+            f"| {r['name']} | {fmt(lopo.get('any', {}).get('ICH'))} | {fmt(lopo.get('per_class', {}).get('Normal'))} | "
+            f"{fmt((lopo.get('subtype_mean') or {}).get('value'))} | {fmt(gate.get('any', {}).get('ICH'))} | "
+            f"{fmt(cal.get('any', {}).get('ICH'))} | {fmt(point.get('hit_rate'))} | {fmt(point.get('peak_in_head'))} | "
             f"{thresholds} |"
         )
     lines += [
