@@ -31,6 +31,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
+from gradio.route_utils import delete_files_created_by_app
 from gradio.utils import get_upload_folder
 
 from ichdemo.constants import CLASS_NAMES, CLASSES, RESEARCH_NOTICE, WINDOWS
@@ -60,8 +61,8 @@ SESSION_TTL_S = 4 * 3600  # a session's arrays and temp folder go at the latest 
 
 
 def cache_schedule(text: str) -> tuple[int, int]:
-    """``"frequency,age"`` in seconds -> Gradio's ``delete_cache``: every ``frequency`` s, the files Gradio cached
-    for this app (uploads, returned images, export copies) that are older than ``age`` s are deleted."""
+    """``"frequency,age"`` in seconds -> the cache schedule (``tidy_cache``): every ``frequency`` s, the files
+    Gradio cached for this app (uploads, returned images, export copies) that are older than ``age`` s go."""
     why = f"ICHDEMO_DELETE_CACHE must be 'frequency,age' in seconds, frequency > 0 (e.g. 1800,3600), not {text!r}"
     try:
         frequency, age = (int(v) for v in text.split(","))
@@ -739,13 +740,15 @@ def build_demo(
     delete_cache: tuple[int, int] = DELETE_CACHE,
 ) -> gr.Blocks:
     """The Blocks of the app for a model pool (default: the configured models) and the phantom examples;
-    ``delete_cache`` is Gradio's (frequency, age) schedule for its cached files (``ICHDEMO_DELETE_CACHE``)."""
+    ``delete_cache`` is the (frequency, age) schedule for Gradio's cached files (``ICHDEMO_DELETE_CACHE``), run by
+    the app's server lifespan (``launch_options``) rather than by Gradio: see ``tidy_cache``."""
     app = App(pool or ModelPool(), phantoms)
-    with gr.Blocks(title="ichdemo: ICH localisation and quantification", delete_cache=delete_cache) as demo:
+    with gr.Blocks(title="ichdemo: ICH localisation and quantification") as demo:
         _wire(_layout(app.pool), app)
         demo.unload(_end_session)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     demo.ichdemo_app = app  # for tests and embedding
+    demo.ichdemo_delete_cache = delete_cache
     return demo
 
 
@@ -775,19 +778,36 @@ def sweep_upload_stubs(age_s: float, root: str | Path | None = None) -> int:
     return removed
 
 
+def tidy_cache(blocks: gr.Blocks, age: float) -> None:
+    """One pass of the cache clean-up: ``sweep_upload_stubs`` and the pass of Gradio's ``delete_cache``
+    (``delete_files_created_by_app``), for files older than ``age`` s.
+
+    Gradio's own ``delete_cache`` is not used: it runs that pass in a worker thread on a task that ends for good at
+    its first exception, and the pass iterates the set of uploaded files that every upload request adds to, so
+    under load it fails with "Set changed size during iteration" and the cache is never emptied again (Gradio
+    6.31). Here such a pass is retried on the next one.
+    """
+    sweep_upload_stubs(age)
+    try:
+        delete_files_created_by_app(blocks, age)
+    except RuntimeError as err:  # an upload or a reply changed a file set under the pass
+        log.info("cache clean-up retried on its next pass: %s", err)
+
+
 @contextlib.asynccontextmanager
 async def _server_lifespan(server: Any) -> AsyncIterator[None]:
-    """Runs beside Gradio's own delete_cache task, on its schedule: ``sweep_upload_stubs`` every ``frequency``
-    seconds and when the server stops, for stubs older than ``age``."""
-    frequency, age = server.get_blocks().delete_cache or DELETE_CACHE
+    """The cache schedule of ``build_demo``: ``tidy_cache`` every ``frequency`` seconds for files older than
+    ``age``; when the server stops, every file of this app and the stubs older than ``age``."""
+    blocks = server.get_blocks()
+    frequency, age = getattr(blocks, "ichdemo_delete_cache", DELETE_CACHE)
 
     async def sweep() -> None:
         while True:
             await asyncio.sleep(frequency)
             try:
-                await asyncio.to_thread(sweep_upload_stubs, age)
+                await asyncio.to_thread(tidy_cache, blocks, age)
             except OSError:  # a cache folder that cannot be read now may be readable next time
-                log.exception("sweeping upload stubs failed")
+                log.exception("cleaning the cache failed")
 
     task = asyncio.create_task(sweep())
     try:
@@ -796,12 +816,13 @@ async def _server_lifespan(server: Any) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        delete_files_created_by_app(blocks, None)  # what Gradio's delete_cache does on stop
         sweep_upload_stubs(age)  # not younger ones: another server may share the cache folder
 
 
 def launch_options(max_file_size: str | int | None = MAX_FILE_SIZE) -> dict[str, Any]:
-    """Keyword arguments of ``demo.launch`` that belong to the app (theme, CSS, limits, paths, the clean-up of
-    upload stubs); Gradio 6 takes the theme and CSS here rather than in ``gr.Blocks``."""
+    """Keyword arguments of ``demo.launch`` that belong to the app (theme, CSS, limits, paths, the cache
+    schedule); Gradio 6 takes the theme and CSS here rather than in ``gr.Blocks``."""
     return {
         "theme": gr.themes.Soft(primary_hue="orange", secondary_hue="slate"),
         "css": CSS,

@@ -114,3 +114,35 @@ def test_a_session_keeps_its_two_newest_drafts(tiny_models, phantom_series, tmp_
     assert s.export(ref)[0] != drafts[-1] and len(list(s.folder.glob("*.zip"))) == 2
     s.cleanup()
     assert not any(tmp_path.iterdir())
+
+
+def test_tidy_cache_outlives_a_file_set_changed_under_it(app_module, tmp_path):
+    """Gradio's delete_cache pass raises when an upload adds to its file set meanwhile (here on the first pass,
+    deterministically), which ends Gradio's own schedule for good; tidy_cache logs it, and its next pass deletes
+    the old files."""
+    from types import SimpleNamespace
+
+    paths = [tmp_path / f"upload{i}.dcm" for i in range(3)]
+    for path in paths:
+        path.write_bytes(b"x")
+
+    class UploadArrives(set):
+        arrived = False
+
+        def __iter__(self):
+            for path in super().__iter__():
+                if not self.arrived:
+                    self.arrived = True
+                    self.add(str(tmp_path / "late.dcm"))  # what /upload does on the event loop meanwhile
+                yield path
+
+    files = UploadArrives(map(str, paths))
+    blocks = SimpleNamespace(blocks={}, temp_file_sets=[files])
+    from gradio.route_utils import delete_files_created_by_app
+
+    with pytest.raises(RuntimeError, match="changed size during iteration"):
+        delete_files_created_by_app(blocks, 0)  # Gradio's pass on its own
+    files.arrived = False
+    app_module.tidy_cache(blocks, 0)  # the same failure, kept inside one pass
+    app_module.tidy_cache(blocks, 0)
+    assert not any(path.exists() for path in paths)
