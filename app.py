@@ -806,8 +806,8 @@ async def _server_lifespan(server: Any) -> AsyncIterator[None]:
             await asyncio.sleep(frequency)
             try:
                 await asyncio.to_thread(tidy_cache, blocks, age)
-            except OSError:  # a cache folder that cannot be read now may be readable next time
-                log.exception("cleaning the cache failed")
+            except Exception:  # noqa: BLE001 - a failed pass must not end the schedule, as Gradio's did
+                log.exception("cleaning the cache failed; retried on the next pass")
 
     task = asyncio.create_task(sweep())
     try:
