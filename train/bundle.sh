@@ -12,14 +12,7 @@ PY=${PY:-.venv/bin/python}
 COMMON=(--data "$DATA" --input-size 256 --batch-size 16 --test-patients 77,78,79,80,81 --augment true --cache true
         --threads 1 --progress false --seed 0)
 
-bundle() {  # run folder, bundled name
-  local run=$1 name=$2
-  $PY -m train.calibrate --model "$run" --data "$DATA"
-  $PY -m train.evaluate --model "$run" --data "$DATA" --json "$run/eval.json" --md "$run/eval.md" --html "$run/eval.html"
-  rm -rf "checkpoints/$name" && mkdir -p "checkpoints/$name"
-  cp "$run/config.json" "$run"/model*.safetensors "$run/eval.json" "checkpoints/$name/"
-  $PY -m train.model_card --model "checkpoints/$name" --eval "$run/eval.json" --name "$name"
-}
+source train/bundle_lib.sh  # bundle RUN NAME
 
 if [ "${ONLY:-}" = fg ]; then  # LSE over the head only, frozen ImageNet encoder (train/configs/ctich_lse_unet_fg_cpu.yaml)
   [ "${STAGE:-all}" = all ] && $PY -m train.train --config train/configs/ctich_lse_unet_fg_cpu.yaml --data "$DATA"

@@ -109,22 +109,15 @@ for cfg in pathlib.Path("runs/gpu").glob("*/**/config.json"):
                              "(requirements-train.txt), converted to timm keys in fp16 by bundle_gpu.sh prepare")
     cfg.write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
 PYEOF
-  bundle() {  # run folder, bundled name ("" = evaluate only)
-    local run=$1 name=$2
-    # --split saved: the split made on the compact copy, applied to the same patients of the original data
-    $PY -m train.calibrate --model "$run" --data "$data" --split saved
-    $PY -m train.evaluate --model "$run" --data "$data" --split saved --json "$run/eval.json" --md "$run/eval.md" --html "$run/eval.html"
-    [ -n "$name" ] || return 0
-    rm -rf "checkpoints/$name" && mkdir -p "checkpoints/$name"
-    cp "$run/config.json" "$run"/model*.safetensors "$run/eval.json" "checkpoints/$name/"
-    $PY -m train.model_card --model "checkpoints/$name" --eval "$run/eval.json" --name "$name"
-  }
-  bundle runs/gpu/lse_unet_lite0 lse_unet_lite0
-  bundle runs/gpu/lse_unet_lite0/stage1 gap_lite0
-  bundle runs/gpu/gap_mobilenetv2 gap_mobilenetv2
-  bundle runs/gpu/gap_lite0_scratch gap_scratch_lite0
-  bundle runs/gpu/lse_unet_lite0_nohloss lse_unet_lite0_nohloss
-  bundle runs/gpu/lse_unet_lite0_lsemean ""
+  # --split saved: the split made on the compact copy, applied to the same patients of the original data
+  local DATA=$data
+  source train/bundle_lib.sh
+  bundle runs/gpu/lse_unet_lite0 lse_unet_lite0 --split saved
+  bundle runs/gpu/lse_unet_lite0/stage1 gap_lite0 --split saved
+  bundle runs/gpu/gap_mobilenetv2 gap_mobilenetv2 --split saved
+  bundle runs/gpu/gap_lite0_scratch gap_scratch_lite0 --split saved
+  bundle runs/gpu/lse_unet_lite0_nohloss lse_unet_lite0_nohloss --split saved
+  bundle runs/gpu/lse_unet_lite0_lsemean "" --split saved
   $PY -m train.results runs/gpu/lse_unet_lite0 runs/gpu/lse_unet_lite0_nohloss runs/gpu/lse_unet_lite0_lsemean \
       runs/gpu/lse_unet_lite0/stage1 runs/gpu/gap_mobilenetv2 runs/gpu/gap_lite0_scratch $(ls -d runs/ctich_fg 2>/dev/null) --md docs/RESULTS.md \
       --notes docs/RESULTS_notes.md
