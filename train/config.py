@@ -67,6 +67,7 @@ class TrainConfig:
     phantom_subtypes: str = "mixed"
     phantom_paired: bool = False
     cache: bool = True
+    feature_cache_gb: float = 0.0
     val_max_slices: int = 0
     save_dtype: str = "fp32"
     stage_seconds: float = 0.0
@@ -117,6 +118,8 @@ HELP: dict[str, str] = {
     "phantom_subtypes": "phantom lesions per series: mixed (random 0..2 subtypes) or a comma list of subtypes",
     "phantom_paired": "phantoms: add a lesion-free twin of every head with lesions (same patient)",
     "cache": "keep resized slices in memory after their first read",
+    "feature_cache_gb": "with freeze_encoder: keep up to this many GB of the encoder's features (float16) per slice "
+    "and flip, so later epochs run the decoder alone (single process; 0: encode every batch)",
     "val_max_slices": "validate on at most this many slices (0: all)",
     "stage_seconds": "end a stage after the epoch during which it passed this many seconds (0: no limit); the kept "
     "weights and the checkpoint are written as after a full run, and the history says where it stopped",
@@ -207,8 +210,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.prior_init < 1.0:
         raise ConfigError(f"prior_init must be in [0, 1), got {cfg.prior_init}")
-    if cfg.stage1_epochs < 0 or cfg.steps_per_epoch < 0:
-        raise ConfigError("stage1_epochs and steps_per_epoch must be >= 0")
+    if cfg.stage1_epochs < 0 or cfg.steps_per_epoch < 0 or cfg.feature_cache_gb < 0:
+        raise ConfigError("stage1_epochs, steps_per_epoch and feature_cache_gb must be >= 0")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +260,62 @@ def to_input(batch: dict, model: nn.Module, rt: Runtime, flip: torch.Tensor | No
 # ------------------------------------------------------------------------------------------------ one epoch
 
 
+class FeatureCache:
+    """A frozen encoder's features per slice (and flip), kept after their first computation.
+
+    With ``freeze_encoder`` the encoder's output for a training slice never changes, yet it costs most of a step
+    (EfficientNet-Lite0 at 128 px on one CPU thread: 0.05 of 0.07 s per batch of 8). The cache keeps each slice's
+    features in float16 up to ``budget_gb`` and runs the encoder only on slices it has not seen, so later epochs
+    train the decoder alone. Slices beyond the budget are encoded each time, as without the cache.
+    """
+
+    def __init__(self, budget_gb: float) -> None:
+        self.budget = int(budget_gb * 2**30)
+        self.used = 0
+        self.store: dict[tuple, list[torch.Tensor]] = {}
+
+    def features(self, net: nn.Module, x: torch.Tensor, keys: list[tuple]) -> list[torch.Tensor]:
+        """``net.encode(x)`` for a batch whose rows are the slices ``keys``, from the cache where it can."""
+        todo = [i for i, k in enumerate(keys) if k not in self.store]
+        fresh: dict[tuple, list[torch.Tensor]] = {}
+        if todo:
+            with torch.no_grad():
+                feats = net.encode(x[todo])
+            for j, i in enumerate(todo):
+                fresh[keys[i]] = [f[j] for f in feats]
+                size = sum(f[j].numel() * 2 for f in feats)
+                if self.used + size <= self.budget:
+                    self.store[keys[i]] = [f[j].to(torch.float16) for f in feats]
+                    self.used += size
+        rows = [fresh[k] if k in fresh else self.store[k] for k in keys]
+        return [torch.stack([r[level] for r in rows]).to(x.dtype) for level in range(len(rows[0]))]
+
+
+def feature_cache(cfg: TrainConfig, model: nn.Module, rt: Runtime) -> FeatureCache | None:
+    """The run's feature cache: for a frozen encoder in a single process when ``cfg.feature_cache_gb`` > 0."""
+    if cfg.feature_cache_gb <= 0 or not getattr(unwrap(model), "frozen_encoder", False):
+        return None
+    if rt.distributed:
+        print("feature_cache_gb ignored: DDP runs encode every batch", file=sys.stderr, flush=True)
+        return None
+    return FeatureCache(cfg.feature_cache_gb)
+
+
+def slice_keys(loader: DataLoader, batch: dict, flip: torch.Tensor | None = None) -> list[tuple]:
+    """Cache keys of a batch's rows: (dataset, slice index, flipped)."""
+    flips = flip.tolist() if flip is not None else [False] * len(batch["index"])
+    return [(id(loader.dataset), int(k), bool(f)) for k, f in zip(batch["index"], flips)]
+
+
+def forward(net: nn.Module, x: torch.Tensor, cache: FeatureCache | None, keys: list[tuple] | None):
+    """``net(x)``, or through the feature cache of a frozen encoder when one is given."""
+    if cache is None:
+        return net(x)
+    return net.decode(x, cache.features(net, x, keys))
+
+
+
+
 @dataclass
 class EpochResult:
     loss: float
@@ -279,8 +336,10 @@ def train_epoch(
     global_step: int,
     seed: int,
     desc: str = "",
+    cache: FeatureCache | None = None,
 ) -> tuple[EpochResult, int]:
-    """One pass over ``loader`` (or ``cfg.steps_per_epoch`` steps); returns the result and the new global step."""
+    """One pass over ``loader`` (or ``cfg.steps_per_epoch`` steps); returns the result and the new global step.
+    ``cache``: features of a frozen encoder (single process only: DDP's gradient hooks live on ``model``)."""
     train_mode(model)
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
@@ -296,8 +355,9 @@ def train_epoch(
         y = batch["labels"].to(rt.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, base_lr, epoch, global_step)
+        keys = slice_keys(loader, batch, flip)
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
-            out = model(x)
+            out = forward(model, x, cache, keys)
         terms = loss_fn.terms(out, y)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -332,15 +392,17 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, loader: DataLoader, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+def predict_probs(model: nn.Module, loader: DataLoader, rt: Runtime, cache: FeatureCache | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(probs (N, 5), labels (N, 5)) over an ordered loader, with the unwrapped model in eval mode."""
     net = unwrap(model)
     was_training = net.training
     net.eval()
     probs, labels = [], []
     for batch in loader:
+        keys = slice_keys(loader, batch)
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
-            out = net(to_input(batch, net, rt))
+            out = forward(net, to_input(batch, net, rt), cache, keys)
         probs.append(torch.sigmoid(out.logits.float()).cpu().numpy())
         labels.append(batch["labels"].numpy())
     if was_training:
@@ -348,9 +410,10 @@ def predict_probs(model: nn.Module, loader: DataLoader, rt: Runtime) -> tuple[np
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def validate(model: nn.Module, loader: DataLoader, rt: Runtime) -> dict[str, float]:
+def validate(model: nn.Module, loader: DataLoader, rt: Runtime, cache: FeatureCache | None = None
+             ) -> dict[str, float]:
     """Validation AUROC per subtype and "AVG" (NaN where a subtype has a single label value)."""
-    probs, labels = predict_probs(model, loader, rt)
+    probs, labels = predict_probs(model, loader, rt, cache)
     return auroc_per_class(labels, probs)
 
 

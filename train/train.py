@@ -234,19 +234,21 @@ def run_stage(
         start, step, best, history = state["epoch"] + 1, state["step"], state["best"], state["history"]
         torch.set_rng_state(state["rng"])
     net = engine.wrap_ddp(model, rt)
+    cache = engine.feature_cache(cfg, model, rt)
     train_loader = engine.make_loader(cfg, data.train, rt, train=True)
     val_loader = engine.make_loader(cfg, data.val, rt, train=False)
     best_path = out / f"best_{stage.name}.pt"
     t_stage = time.perf_counter()
     for epoch in range(start, stage.epochs):
         res, step = engine.train_epoch(net, loss_fn, train_loader, optimizer, cfg, rt, base_lr, epoch, step,
-                                       cfg.seed + 1000 * stage_idx, desc=f"{stage.name} {epoch + 1}/{stage.epochs}")
+                                       cfg.seed + 1000 * stage_idx, desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
+                                       cache=cache)
         record: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "loss": res.loss,
                                   "images": res.images * rt.world_size, "seconds": round(res.seconds, 2),
                                   "img_s": res.images * rt.world_size / max(res.seconds, 1e-9),
                                   "lr": optimizer.param_groups[0]["lr"], "terms": res.terms}
         if rt.is_main:
-            auroc = engine.validate(net, val_loader, rt)
+            auroc = engine.validate(net, val_loader, rt, cache)
             record["val_auroc"] = auroc
             if score_of(auroc) >= best or not best_path.is_file():
                 best = max(best, score_of(auroc))

@@ -239,8 +239,15 @@ class LseUnet(nn.Module):
     def forward(self, x: torch.Tensor) -> Output:
         """x (B, in_chans, H, W) normalised -> ``Output`` with logits (B, C), maps [f0..f3], level_logits [l0..l3]
         and, with ``pool_region="foreground"``, the pooled cells of each level."""
+        return self.decode(x, self.encode(x))
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's features at strides 4, 8, 16, 32."""
         feats = self.encoder(x)
-        skips = [feats[i] for i in self.feature_indices]  # strides 4, 8, 16, 32
+        return [feats[i] for i in self.feature_indices]
+
+    def decode(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> Output:
+        """``forward`` from the encoder's features ``skips`` of ``x`` (a frozen encoder's can be kept and reused)."""
         maps: list[torch.Tensor] = []
         up = None
         for k in reversed(range(len(skips))):
