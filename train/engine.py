@@ -314,8 +314,6 @@ def forward(net: nn.Module, x: torch.Tensor, cache: FeatureCache | None, keys: l
     return net.decode(x, cache.features(net, x, keys))
 
 
-
-
 @dataclass
 class EpochResult:
     loss: float
