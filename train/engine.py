@@ -353,7 +353,7 @@ def train_epoch(
         y = batch["labels"].to(rt.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, base_lr, epoch, global_step)
-        keys = slice_keys(loader, batch, flip)
+        keys = slice_keys(loader, batch, flip) if cache is not None else None
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
             out = forward(model, x, cache, keys)
         terms = loss_fn.terms(out, y)
@@ -398,7 +398,7 @@ def predict_probs(model: nn.Module, loader: DataLoader, rt: Runtime, cache: Feat
     net.eval()
     probs, labels = [], []
     for batch in loader:
-        keys = slice_keys(loader, batch)
+        keys = slice_keys(loader, batch) if cache is not None else None
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
             out = forward(net, to_input(batch, net, rt), cache, keys)
         probs.append(torch.sigmoid(out.logits.float()).cpu().numpy())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ichdemo.atomic import write_text
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
+from train.evaluate import POINTING_TOLERANCE_PX
 from train.report import fmt
 
 
@@ -82,7 +83,7 @@ def markdown(runs: list[dict], command: str) -> str:
         "masks against the mask) is the main figure; subtype Dice counts slices with a single labelled subtype only. "
         "*true gate* replaces the class decision by the true slice labels (what the heatmaps alone can do).", "",
         "*Pointing game*: the peak of the heatmap of the slice's most probable labelled subtype lands on the lesion "
-        "(within 15 px) / inside the head at all; threshold-free.", "",
+        f"(within {POINTING_TOLERANCE_PX} px) / inside the head at all; threshold-free.", "",
         "| run | any ICH (lopo) | Normal (lopo) | subtype mean (lopo) | any ICH (true gate) | any ICH (calibrated, "
         "optimistic) | pointing: on lesion | pointing: in head | lopo mask thresholds (IPH..EDH), per held-out "
         "patient |", "|---|---|---|---|---|---|---|---|---|",
