@@ -990,6 +990,9 @@ def _package(seed, subtypes, spacing, hu, labels, v: _Vault, brain: _Brain, bone
 # --------------------------------------------------------------------------------------------------------------------
 
 FORMATS: tuple[str, ...] = ("dicom", "nifti")
+TRUTH_DIR = ".truth"
+"""Subfolder of a written phantom that holds ``truth.json`` and ``labels.nii.gz``: the readers skip dot-folders, so the
+phantom folder as a whole stays one CT input (``ichdemo predict OUT``), the truth beside it but not read with it."""
 
 
 def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
@@ -1027,19 +1030,24 @@ def truth_record(phantom: Phantom) -> dict:
 def write_phantom(phantom: Phantom, out_dir: str | Path, fmt: str = "dicom") -> dict:
     """Write a phantom as a CT series with its label map and ground truth.
 
+    The folder as a whole is one CT input (``load_volume(out_dir)``, ``ichdemo predict OUT``): the CT lies at its
+    top, the truth in the ``.truth/`` subfolder, which the readers skip like any dot-folder::
+
+        OUT/CT0001.dcm ... CT00NN.dcm   (fmt="dicom", one file per slice)  or  OUT/ct.nii.gz  (fmt="nifti", HU)
+        OUT/.truth/labels.nii.gz         uint8 label map, values as in ``CLASSES``, on the CT's grid and affine
+        OUT/.truth/truth.json            ``truth_record`` plus the format and the paths above, relative to OUT
+
     Args:
         phantom: from ``generate_phantom``.
-        out_dir: output folder (created if missing).
-        fmt: "dicom" writes one CT file per slice into ``out_dir/series/`` (which must be empty or absent);
-            "nifti" writes ``out_dir/ct.nii.gz`` (float32 HU).
+        out_dir: output folder, created if missing; it must be empty, so that it holds one series and nothing else.
+        fmt: "dicom" or "nifti".
 
     Returns:
-        {"ct": the series folder or ct.nii.gz, "labels": labels.nii.gz, "truth": truth.json, "files": the DICOM
-        files in slice order (empty for NIfTI)}. ``labels.nii.gz`` (uint8, values as in ``CLASSES``) has the CT's
-        grid and affine in both formats.
+        {"ct": ``out_dir`` (DICOM) or ``out_dir/ct.nii.gz`` (NIfTI), "labels": the label map, "truth": truth.json,
+        "files": the DICOM files in slice order (empty for NIfTI)}.
 
     Raises:
-        ConfigError: unknown ``fmt``, or a non-empty ``series/`` folder already there.
+        ConfigError: unknown ``fmt``, or ``out_dir`` already holds something.
     """
     from ichdemo.io import write_nifti  # io is the lower layer; imported here so generating needs no I/O stack
     from ichdemo.io.dicom_write import write_dicom_series
@@ -1047,27 +1055,29 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, fmt: str = "dicom") -> 
     if fmt not in FORMATS:
         raise ConfigError(f"phantom format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already holds files; write the phantom into an empty or new folder")
+    truth_dir = out / TRUTH_DIR
+    truth_dir.mkdir(parents=True)
     affine = phantom.affine
     files: list[Path] = []
     if fmt == "dicom":
-        ct = out / "series"
-        if ct.exists() and any(ct.iterdir()):
-            raise ConfigError(f"{ct} already holds files; write the phantom into an empty folder")
+        ct = out
         names = ", ".join(phantom.subtypes) or "normal"
         files = write_dicom_series(
             phantom.hu,
             phantom.spacing,
-            ct,
+            out,
             seed=phantom.seed,
             patient_id=f"PHANTOM{phantom.seed}",
             series_description=f"Synthetic head CT phantom, seed {phantom.seed} ({names})",
         )
     else:
         ct = write_nifti(phantom.hu.astype(np.float32), affine, out / "ct.nii.gz")
-    labels = write_nifti(phantom.labels.astype(np.uint8), affine, out / "labels.nii.gz")
-    truth = out / "truth.json"
-    record = truth_record(phantom) | {"format": fmt, "ct": ct.name, "labels": labels.name}
+    labels = write_nifti(phantom.labels.astype(np.uint8), affine, truth_dir / "labels.nii.gz")
+    truth = truth_dir / "truth.json"
+    where = {"ct": ct.relative_to(out).as_posix(), "labels": labels.relative_to(out).as_posix()}
+    record = truth_record(phantom) | {"format": fmt} | where  # paths relative to the phantom folder
     truth.write_text(json.dumps(record, indent=1) + "\n")
     return {"ct": ct, "labels": labels, "truth": truth, "files": files}
 

@@ -18,6 +18,7 @@ from ichdemo.errors import ConfigError
 from ichdemo.io import load_volume
 from ichdemo.phantom import (
     HEMORRHAGE_HU_RANGE,
+    TRUTH_DIR,
     Phantom,
     generate_phantom,
     min_lesion_voxels,
@@ -250,8 +251,9 @@ def small() -> Phantom:
     return generate_phantom(4, ("IPH", "SDH"), shape=SMALL)
 
 
-def _check_truth(path, p: Phantom) -> None:
+def _check_truth(path, p: Phantom, ct: str, labels: str) -> None:
     truth = json.loads(path.read_text())
+    assert (truth["ct"], truth["labels"]) == (ct, labels)  # relative to the phantom folder
     assert truth["seed"] == p.seed and truth["subtypes"] == list(p.subtypes)
     assert truth["shape"] == list(p.shape) and truth["spacing_mm"] == pytest.approx(list(p.spacing))
     voxel_ml = float(np.prod(p.spacing)) / 1000.0
@@ -263,7 +265,8 @@ def _check_truth(path, p: Phantom) -> None:
 def test_write_dicom_round_trip(small: Phantom, tmp_path):
     out = write_phantom(small, tmp_path, "dicom")
     files = out["files"]
-    assert out["ct"] == tmp_path / "series" and len(files) == SMALL[0]
+    assert out["ct"] == tmp_path and len(files) == SMALL[0] and all(f.parent == tmp_path for f in files)
+    assert out["labels"].parent == out["truth"].parent == tmp_path / TRUTH_DIR
     ds = pydicom.dcmread(files[3])
     assert ds.Modality == "CT" and [float(v) for v in ds.PixelSpacing] == pytest.approx(list(small.spacing[1:]))
     assert ds.pixel_array.shape == SMALL[1:]
@@ -275,6 +278,7 @@ def test_write_dicom_round_trip(small: Phantom, tmp_path):
     assert np.abs(vol.data - small.hu).max() <= 1.0
     assert vol.spacing == pytest.approx(small.spacing)
     assert np.allclose(vol.affine, small.affine)
+    assert not vol.warnings  # the whole folder is one clean input: the truth beside the CT is not read with it
 
     shuffled = list(files)
     random.Random(0).shuffle(shuffled)
@@ -289,12 +293,14 @@ def test_write_dicom_round_trip(small: Phantom, tmp_path):
     labels = nib.load(out["labels"])
     assert np.allclose(labels.affine, vol.affine)  # same grid and world position as the CT
     assert np.array_equal(np.asarray(labels.dataobj).transpose(2, 1, 0), small.labels)
-    _check_truth(out["truth"], small)
+    _check_truth(out["truth"], small, ".", ".truth/labels.nii.gz")
 
 
 def test_write_nifti_round_trip(small: Phantom, tmp_path):
     out = write_phantom(small, tmp_path, "nifti")
-    assert out["ct"].name == "ct.nii.gz" and out["files"] == []
+    assert out["ct"] == tmp_path / "ct.nii.gz" and out["files"] == []
+    whole = load_volume(tmp_path)  # the folder as a whole reads as the CT alone, without the label map
+    assert np.array_equal(whole.data, small.hu) and not whole.warnings
     ct, labels = load_volume(out["ct"]), load_volume(out["labels"])
     assert np.array_equal(ct.data, small.hu)
     assert ct.spacing == pytest.approx(small.spacing)
@@ -303,16 +309,16 @@ def test_write_nifti_round_trip(small: Phantom, tmp_path):
     lesion = labels.data > 0  # aligned: the labelled voxels are the bright blood in the CT
     assert ct.data[lesion].min() >= 50.0
     assert ct.data[lesion].mean() > ct.data[small.masks["parenchyma"]].mean() + 25.0
-    _check_truth(out["truth"], small)
+    _check_truth(out["truth"], small, "ct.nii.gz", ".truth/labels.nii.gz")
 
 
 def test_write_refuses_bad_format_and_busy_folder(small: Phantom, tmp_path):
     with pytest.raises(ConfigError, match="format"):
         write_phantom(small, tmp_path, "png")
-    (tmp_path / "series").mkdir()
-    (tmp_path / "series" / "old.dcm").write_bytes(b"x")
-    with pytest.raises(ConfigError, match="already holds"):
-        write_phantom(small, tmp_path, "dicom")
+    (tmp_path / "old.dcm").write_bytes(b"x")
+    for fmt in ("dicom", "nifti"):  # a second series in the folder would make it two inputs
+        with pytest.raises(ConfigError, match="already holds"):
+            write_phantom(small, tmp_path, fmt)
 
 
 # --------------------------------------------------------------------------------------------------------- dataset

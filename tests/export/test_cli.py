@@ -105,3 +105,18 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert "source.json is missing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path)])  # --format and --out are required
+
+
+@pytest.mark.parametrize("fmt", ["dicom", "nifti"])
+def test_phantom_folder_is_one_predict_input(tiny_model, fmt, tmp_path, capsys):
+    phantom, pred = tmp_path / "phantom", tmp_path / "pred"
+    assert main(["phantom", str(phantom), "--seed", "3", "--subtypes", "IPH,SDH", "--format", fmt,
+                 "--shape", "12x128x128"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    truth = json.loads((phantom / ".truth" / "truth.json").read_text())
+    assert shown["truth"] == str(phantom / ".truth" / "truth.json") and (phantom / truth["labels"]).is_file()
+    assert main(["predict", str(phantom), "--model", str(tiny_model), "--out", str(pred), *LOW]) == 0
+    report = json.loads((pred / "report.json").read_text())
+    assert report["input"]["source"] == fmt and report["input"].get("warnings", []) == []
+    truth_labels = np.asarray(nib.load(phantom / truth["labels"]).dataobj)
+    assert nib.load(pred / "labels.nii.gz").shape == truth_labels.shape  # on the phantom's own grid
