@@ -44,7 +44,9 @@ from ichdemo.io.dicom_write import write_dicom_series
 from ichdemo.models import create_model
 from ichdemo.models.registry import normalize_input
 from ichdemo.phantom import generate_phantom
-from ichdemo.predict import LoadedModel, analyze, load_model
+from ichdemo.inference import LoadedModel
+from ichdemo.models.config import ModelConfig
+from ichdemo.pipeline import analyze, load_model
 from ichdemo.quantify import Thresholds, volumes_ml
 
 FALLBACK_MODELS = ("lse_unet_tf_efficientnet_lite0", "gap_tf_efficientnet_lite0", "gap_mobilenetv2_100")
@@ -144,7 +146,7 @@ def series_and_rethreshold(lm: LoadedModel, slices: int, repeats: int) -> dict:
 
         t_series = median_time(end_to_end, max(1, repeats // 2), warmup=1)
         analysis, _ = end_to_end()
-    x = normalize_input(torch.rand(1, 3, lm.input_size, lm.input_size), lm.model.ich_cfg)
+    x = normalize_input(torch.rand(1, 3, lm.cfg.input_size, lm.cfg.input_size), lm.model.ich_cfg)
     with torch.inference_mode():
         t_fwd = median_time(lambda: lm.model(x), repeats)
     t = lm.thresholds
@@ -198,9 +200,9 @@ def onnx_vs_torch(lm: LoadedModel, repeats: int) -> dict:
     """ONNX Runtime against torch eager for the default model on CPU, logits and heatmaps, with the difference."""
     from ichdemo.onnx_model import ExportWrapper, OnnxModel, export_onnx
 
-    xn = normalize_input(torch.rand(1, 3, lm.input_size, lm.input_size), lm.model.ich_cfg)
+    xn = normalize_input(torch.rand(1, 3, lm.cfg.input_size, lm.cfg.input_size), lm.model.ich_cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        ort = OnnxModel(export_onnx(lm.model, Path(tmp) / "model.onnx", lm.input_size), threads=2)
+        ort = OnnxModel(export_onnx(lm.model, Path(tmp) / "model.onnx", lm.cfg.input_size), threads=2)
         wrapper = ExportWrapper(lm.model).eval()
         try:
             with torch.inference_mode():
@@ -222,7 +224,7 @@ def default_loaded(size: int) -> LoadedModel:
         from ichdemo.hub import ModelRef
 
         model = create_model(FALLBACK_MODELS[0], pretrained=False).eval()
-        cfg = dict(model.ich_cfg, input_size=[3, size, size])
+        cfg = ModelConfig.from_dict(dict(model.ich_cfg, input_size=[3, size, size]))
         return LoadedModel(model, cfg, ModelRef(FALLBACK_MODELS[0], Path("."), "untrained"), torch.device("cpu"))
 
 

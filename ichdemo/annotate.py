@@ -1,4 +1,4 @@
-"""Batch pre-annotation of a folder tree of CT series (issue 7).
+"""Batch pre-annotation of a folder tree of CT series.
 
     python -m ichdemo annotate INPUT_ROOT OUTPUT_ROOT --model M --format nifti,dicom-seg,cvat [--workers N]
 
@@ -8,7 +8,7 @@ its path relative to INPUT_ROOT with "/" turned into "__" (a flat layout, so one
 another's). The folder holds ``predict``'s outputs (labels.nii.gz, report.json; heatmaps.npz with
 ``keep_heatmaps``), the requested exports and ``series.json``, the series' row of the summary.
 
-No lost work (issue 9): a series is written into ``OUTPUT_ROOT/.ichdemo-tmp/<name>.<random>`` and renamed to its
+No lost work: a series is written into ``OUTPUT_ROOT/.ichdemo-tmp/<name>.<random>`` and renamed to its
 final name only once everything in it is written, so a final folder is always complete. A run killed at any point
 leaves at most a temporary folder, removed when that series is processed again. Resume: a series whose final
 folder exists is skipped; a failed series (recorded in ``OUTPUT_ROOT/_failed/<name>.json`` with its error) is
@@ -238,10 +238,7 @@ def _flags(volume, skipped: dict[str, str]) -> str:
     return " | ".join(flags)
 
 
-def _success_row(item: SeriesItem, volume, labels, skipped: dict[str, str], seconds: float) -> dict[str, Any]:
-    from ichdemo.quantify import volumes_ml
-
-    vols = volumes_ml(labels, volume.spacing)
+def _success_row(item: SeriesItem, volume, vols: dict[str, float], skipped: dict[str, str], seconds: float) -> dict:
     return _row(
         item,
         "done",
@@ -274,33 +271,14 @@ def _thresholds(lm, cfg: AnnotateConfig):
 
 def _write_series(item: SeriesItem, lm, cfg: AnnotateConfig, tmp: Path) -> dict[str, Any]:
     """Everything for one series, into ``tmp``; returns its summary row."""
-    from ichdemo.export import export
     from ichdemo.io import load_volume
-    from ichdemo.predict import analyze, write_outputs
+    from ichdemo.pipeline import analyze, save
 
     t0 = time.monotonic()
     volume = load_volume(list(item.paths) if item.kind == "dicom" else item.paths[0])
-    analysis = analyze(lm, volume, batch_size=cfg.batch_size)
-    thresholds = _thresholds(lm, cfg)
-    labels = analysis.labels(thresholds)
-    write_outputs(analysis, volume, tmp, thresholds, source_paths=list(item.paths))
-    if not cfg.keep_heatmaps:
-        (tmp / "heatmaps.npz").unlink(missing_ok=True)
-    skipped: dict[str, str] = {}
-    if cfg.formats:
-        export(
-            labels,
-            volume,
-            cfg.formats,
-            tmp,
-            model_info=lm.describe(),
-            thresholds=thresholds,
-            keep_phi=cfg.keep_phi,
-            name=item.name,
-            skip_unsupported=True,
-        )
-        skipped = json.loads((tmp / "export.json").read_text())["skipped"]
-    row = _success_row(item, volume, labels, skipped, time.monotonic() - t0)
+    saved = save(analyze(lm, volume, batch_size=cfg.batch_size), volume, tmp, _thresholds(lm, cfg), cfg.formats,
+                 source_paths=list(item.paths), heatmaps=cfg.keep_heatmaps, keep_phi=cfg.keep_phi, name=item.name)
+    row = _success_row(item, volume, saved.report["volumes_ml"], saved.skipped, time.monotonic() - t0)
     write_text(tmp / RECORD, json.dumps(row, indent=2) + "\n")
     return row
 
@@ -343,7 +321,7 @@ def _init_worker(cfg: AnnotateConfig, log_path: str | None) -> None:
     """Pool initializer: load the model once per worker process."""
     import torch
 
-    from ichdemo.predict import load_model
+    from ichdemo.inference import load_model
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -373,7 +351,7 @@ def _progress(total: int, enabled: bool):
 
 
 def _run_inline(todo: list[SeriesItem], cfg: AnnotateConfig, out_root: Path, bar) -> Iterable[dict]:
-    from ichdemo.predict import load_model
+    from ichdemo.inference import load_model
 
     lm = load_model(cfg.model, device=cfg.device)
     for item in todo:

@@ -50,32 +50,34 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ichdemo.export.predictions import EXPORT_NAME
     from ichdemo.io import load_volume
-    from ichdemo.predict import analyze, load_model, write_outputs
-    from ichdemo.quantify import parse_thresholds
+    from ichdemo.pipeline import analyze, load_model, save
 
     lm = load_model(args.model or hub.default_model(), device=args.device, runtime=args.runtime)
-    thresholds = lm.thresholds.replace(
-        class_thresholds=parse_thresholds(args.class_thresholds, "class") if args.class_thresholds else None,
-        mask_thresholds=parse_thresholds(args.mask_thresholds, "mask") if args.mask_thresholds else None,
-    )
+    thresholds = _thresholds(lm.thresholds, args)
     out = Path(args.out)
     formats = _parse_formats(args.format)
     names = [Path(p).name.split(".")[0] or f"input{i}" for i, p in enumerate(args.inputs)]
     for inp, name in zip(args.inputs, names):
         vol = load_volume(inp)
         _check_formats(formats, vol, inp)
-        analysis = analyze(lm, vol, batch_size=args.batch_size)
         target = out if len(args.inputs) == 1 else out / name
-        paths = write_outputs(analysis, vol, target, thresholds, source_paths=[inp])
-        report = json.loads(paths["report"].read_text())
-        vols = ", ".join(f"{k} {v:.2f} mL" for k, v in report["volumes_ml"].items())
+        saved = save(analyze(lm, vol, batch_size=args.batch_size), vol, target, thresholds, formats,
+                     source_paths=[inp], keep_phi=args.keep_phi)
+        vols = ", ".join(f"{k} {v:.2f} mL" for k, v in saved.report["volumes_ml"].items())
         print(f"{inp}: {vol.shape[0]} slice(s) -> {target} ({vols})")
-        if formats:
-            _export(analysis.labels(thresholds), vol, formats, target, lm.describe(), thresholds, args.keep_phi,
-                    EXPORT_NAME)
+        _print_exported(saved.exported, saved.skipped)
     return 0
+
+
+def _thresholds(base, args: argparse.Namespace):
+    """The model's thresholds with the --class-thresholds / --mask-thresholds overrides."""
+    from ichdemo.quantify import parse_thresholds
+
+    return base.replace(
+        class_thresholds=parse_thresholds(args.class_thresholds, "class") if args.class_thresholds else None,
+        mask_thresholds=parse_thresholds(args.mask_thresholds, "mask") if args.mask_thresholds else None,
+    )
 
 
 def _parse_formats(text: str | None) -> list[str]:
@@ -95,27 +97,25 @@ def _check_formats(formats: list[str], vol, inp: str) -> None:
             raise UnsupportedInputError(f"{inp}: {reason}")
 
 
-def _export(labels, vol, formats, target, model_info, thresholds, keep_phi: bool, name: str) -> None:
-    """Write the exports; a format that this result cannot have (no segment for a SEG) is reported, not fatal."""
-    from ichdemo.export import MANIFEST, export
-
-    paths = export(labels, vol, formats, target, model_info=model_info, thresholds=thresholds, keep_phi=keep_phi,
-                   name=name, skip_unsupported=True)
-    for fmt, path in paths.items():
+def _print_exported(exported: dict[str, Path], skipped: dict[str, str]) -> None:
+    """One line per format written; a format this result cannot have (no segment for a SEG) is reported, not fatal."""
+    for fmt, path in exported.items():
         print(f"  {fmt}: {path}")
-    for fmt, reason in json.loads((Path(target) / MANIFEST).read_text())["skipped"].items():
+    for fmt, reason in skipped.items():
         print(f"  {fmt}: skipped: {reason}", file=sys.stderr)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from ichdemo.export import export
     from ichdemo.export.predictions import read_prediction
 
     formats = _parse_formats(args.format)
     pred = read_prediction(args.pred_dir)
     _check_formats(formats, pred.volume, args.pred_dir)
     print(f"{args.pred_dir}: {pred.volume.shape[0]} slice(s) -> {args.out}")
-    _export(pred.labels, pred.volume, formats, Path(args.out), pred.model_info, pred.thresholds, args.keep_phi,
-            pred.name)
+    done = export(pred.labels, pred.volume, formats, Path(args.out), model_info=pred.model_info,
+                  thresholds=pred.thresholds, keep_phi=args.keep_phi, name=pred.name, skip_unsupported=True)
+    _print_exported(done, done.skipped)
     return 0
 
 
@@ -143,6 +143,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from ichdemo.models.config import ModelConfig
+
     refs = hub.configured_refs()
     if not refs:
         print("no models: checkpoints/ holds none and ICHDEMO_MODELS is not set")
@@ -150,8 +152,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for ref in refs:
         try:
             found = hub.resolve(ref)
-            cfg = json.loads((found.folder / "config.json").read_text())
-            print(f"{found.name}\t{cfg.get('architecture')}\t{found.origin}\t{found.folder}")
+            cfg = ModelConfig.read(found.folder)
+            print(f"{found.name}\t{cfg.architecture}\t{found.origin}\t{found.folder}")
         except IchdemoError as err:
             print(f"{ref}\tunavailable\t{err}")
     return 0

@@ -11,7 +11,7 @@ from ichdemo.io import load_volume
 from ichdemo.io.dicom_write import write_dicom_series
 from ichdemo.models import create_model
 from ichdemo.models.checkpoint import save_pretrained
-from ichdemo.predict import analyze, load_model, write_outputs
+from ichdemo.pipeline import analyze, load_model, save
 from ichdemo.quantify import Thresholds, volumes_ml
 
 
@@ -46,7 +46,7 @@ def test_analyze_shapes_and_native_resolution(tiny_models, series, name):
     assert a.maps255.shape == (5, 5, 48, 40) and a.maps255.dtype == np.uint8
     native = 64 // 4 if name.startswith("lse") else 64 // 32
     assert a.native.shape == (5, 5, native, native)
-    assert lm.heatmap_size == native
+    assert lm.cfg.heatmap_size == native
 
 
 def test_thresholds_change_labels_without_the_network(tiny_models, series):
@@ -64,12 +64,14 @@ def test_outputs_on_the_source_grid(tiny_models, series, tmp_path):
     vol = load_volume(series)
     a = analyze(lm, vol)
     t = Thresholds(class_thresholds=(0.0,) * 5, mask_thresholds=(100.0,) * 5)
-    paths = write_outputs(a, vol, tmp_path, t)
+    saved = save(a, vol, tmp_path, t)
+    paths = saved.files
     img = nib.load(paths["labels"])
     np.testing.assert_allclose(img.affine, vol.affine, atol=1e-4)
     labels = np.asarray(img.dataobj).transpose(2, 1, 0)
     np.testing.assert_array_equal(labels, a.labels(t))
     report = json.loads(paths["report"].read_text())
+    assert report == json.loads(json.dumps(saved.report))  # what save returns is what it wrote
     assert report["volumes_ml"] == pytest.approx(volumes_ml(labels, vol.spacing))
     assert report["thresholds"]["mask_thresholds"] == [100.0] * 5
     assert "not a diagnosis" in report["notice"]

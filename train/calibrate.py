@@ -31,8 +31,9 @@ from ichdemo.data.sources import DataSource, open_source
 from ichdemo.data.splits import Split
 from ichdemo.errors import ConfigError, IchdemoError, UnsupportedInputError
 from ichdemo.models import load_pretrained
+from ichdemo.models.config import ModelConfig
 from ichdemo.quantify import Thresholds
-from train.infer import Predictions, maps_to_input, predict
+from ichdemo.evaluation import Predictions, maps_to_input, predict
 
 
 def open_for_model(
@@ -68,11 +69,14 @@ SPLIT_HELP = ("auto: the split saved with the checkpoint when --data is the trai
 
 
 def part_dataset(source: DataSource, split: Split | None, part: str, size: int) -> SliceStackDataset:
-    """The slices of a split part ("train", "val", "test", "all"); every patient when there is no split."""
+    """The slices of a split part ("train", "val", "test", "all"); every patient when there is no split.
+
+    Uncached: the network sees the same float input as in the pipeline (the training cache rounds it to 8 bits).
+    """
     patients = source.patients if split is None or part == "all" else split.part(part)
     if not patients:
         raise UnsupportedInputError(f"the {part} part of {source.spec} has no patients")
-    return SliceStackDataset(source.select(patients), size)
+    return SliceStackDataset(source.select(patients), size, cache=False)
 
 
 def class_thresholds(pred: Predictions) -> tuple[np.ndarray, dict]:
@@ -109,7 +113,7 @@ def calibrate(
     if scale_mode not in ("image", "fixed", "compare"):
         raise ConfigError(f"--scale-mode must be image, fixed or compare, got {scale_mode!r}")
     model, config = load_pretrained(model_dir, map_location=device)
-    size = int(config["input_size"][-1])
+    size = ModelConfig.from_dict(config).input_size
     source, split = open_for_model(model_dir, spec, config, split_mode)
     cls_data = part_dataset(source, split, class_part, size)
     cls_pred = predict(model, cls_data, maps=True, batch_size=batch_size, device=device)

@@ -37,9 +37,10 @@ from ichdemo.data.series import MASK_ANY
 from ichdemo.errors import IchdemoError, UnsupportedInputError
 from ichdemo.metrics import auroc_per_class
 from ichdemo.models import load_pretrained
+from ichdemo.models.config import ModelConfig
 from ichdemo.quantify import Thresholds
 from train.calibrate import SPLIT_HELP, open_for_model, part_dataset
-from train.infer import Predictions, dice_scores, instance_scores, label_maps, maps_to_input, predict
+from ichdemo.evaluation import Predictions, dice_scores, instance_scores, label_maps, maps_to_input, predict
 
 
 def roc_points(pred: Predictions, thresholds: Thresholds) -> dict[str, dict]:
@@ -110,8 +111,8 @@ def evaluate(
     """Evaluate; returns (results for JSON, extras for the HTML report: overlay images)."""
     t0 = time.perf_counter()
     model, config = load_pretrained(model_dir, map_location=device)
-    size = int(config["input_size"][-1])
-    base = Thresholds.from_config(config.get("thresholds"))
+    cfg = ModelConfig.from_dict(config)
+    size, base = cfg.input_size, cfg.thresholds
     source, split = open_for_model(Path(model_dir), spec, config, split_mode)
     a_part = auroc_part if auroc_part != "auto" else ("val" if split else "all")
     m_part = mask_part if mask_part != "auto" else ("test" if split and split.test else "val" if split else "all")
@@ -123,8 +124,8 @@ def evaluate(
         raise UnsupportedInputError(f"no slice with a mask in the {m_part} part of {spec}; nothing to score Dice on")
     pred = predict(model, m_data, items, maps=True, method=method, batch_size=batch_size, device=device)
     results: dict[str, Any] = {
-        "model": str(model_dir), "architecture": config.get("architecture"), "family": config.get("family"),
-        "encoder": (config.get("model_args") or {}).get("encoder") or (config.get("model_args") or {}).get("backbone"),
+        "model": str(model_dir), "architecture": cfg.architecture, "family": config.get("family"),
+        "encoder": cfg.model_args.get("encoder") or cfg.model_args.get("backbone"),
         "data": spec, "auroc_part": a_part, "mask_part": m_part, "heatmap_method": method,
         "auroc_slices": len(a_pred.items), "mask_slices": len(items),
         "mask_patients": list(dict.fromkeys(pred.patients)), "input_size": size, "min_voxels": min_voxels,

@@ -37,6 +37,7 @@ __all__ = [
     "MANIFEST",
     "ExportFormat",
     "ExportJob",
+    "Exported",
     "Provenance",
     "export",
     "parse_formats",
@@ -68,6 +69,16 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat("overlay", "PNG overlays for review", overlay.write),
     )
 }
+
+
+class Exported(dict):
+    """``{format: path of its main file or folder}`` of what ``export`` wrote, with ``skipped`` (``{format: why}``)
+    and ``manifest`` (the export.json that records both), so a caller never re-reads a file to learn what happened."""
+
+    def __init__(self, written: dict[str, Path], skipped: dict[str, str], manifest: Path | None) -> None:
+        super().__init__(written)
+        self.skipped = dict(skipped)
+        self.manifest = manifest
 
 
 def parse_formats(text: str | Iterable[str]) -> list[str]:
@@ -104,7 +115,7 @@ def export(
     keep_phi: bool = False,
     name: str = "labels",
     skip_unsupported: bool = False,
-) -> dict[str, Path]:
+) -> Exported:
     """Write ``labels`` of ``volume`` in each of ``formats`` under ``out_dir``.
 
     Args:
@@ -121,7 +132,7 @@ def export(
             recording why in ``export.json``, instead of raising before anything is written.
 
     Returns:
-        {format: path of its main file or folder} for the formats written.
+        ``Exported``: {format: path of its main file or folder} for the formats written, and what was skipped.
 
     Raises:
         ConfigError: unknown format.
@@ -142,8 +153,7 @@ def export(
         raise UnsupportedInputError("; ".join(skipped.values()))
     job.out_dir.mkdir(parents=True, exist_ok=True)
     written = {n: FORMATS[n].write(job) for n in names if n not in skipped}
-    _write_manifest(job, written, skipped)
-    return written
+    return Exported(written, skipped, _write_manifest(job, written, skipped))
 
 
 def _skipped(job: ExportJob, names: list[str]) -> dict[str, str]:
@@ -154,7 +164,7 @@ def _skipped(job: ExportJob, names: list[str]) -> dict[str, str]:
     return out
 
 
-def _write_manifest(job: ExportJob, written: dict[str, Path], skipped: dict[str, str]) -> None:
+def _write_manifest(job: ExportJob, written: dict[str, Path], skipped: dict[str, str]) -> Path:
     doc = {
         "series": job.name,
         "written": {k: str(v.relative_to(job.out_dir)) for k, v in written.items()},
@@ -162,4 +172,4 @@ def _write_manifest(job: ExportJob, written: dict[str, Path], skipped: dict[str,
         "de_identified": not job.keep_phi,
         "provenance": job.provenance.as_dict(),
     }
-    write_text(job.out_dir / MANIFEST, json.dumps(doc, indent=2) + "\n")
+    return write_text(job.out_dir / MANIFEST, json.dumps(doc, indent=2) + "\n")

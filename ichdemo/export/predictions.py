@@ -1,12 +1,15 @@
-"""Read a ``predict`` output folder back for ``python -m ichdemo export PRED_DIR``.
+"""A ``predict`` output folder: written by ``write_prediction``, read back by ``read_prediction``.
 
-``source.json`` (a local sidecar) names the input, ``report.json`` the model and the thresholds; ``labels.nii.gz`` holds the label
-map on the source grid. The source is read again with ``load_volume`` (its geometry and, for DICOM, the UIDs a
-DICOM SEG must reference), and the label map is put back onto that volume's grid without resampling.
+The folder holds ``labels.nii.gz`` (the label map on the source grid), ``heatmaps.npz`` (float16 per subtype),
+``report.json`` (model, thresholds, probabilities, volumes), ``labels/<stem>.png`` for image input, and
+``source.json``, a local sidecar naming the input. ``python -m ichdemo export PRED_DIR`` reads the source again with
+``load_volume`` (its geometry and, for DICOM, the UIDs a DICOM SEG must reference) and puts the label map back onto
+that volume's grid without resampling.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from ichdemo.atomic import atomic_path, write_bytes, write_text
+from ichdemo.constants import CLASSES
 from ichdemo.errors import ConfigError
 from ichdemo.export.nifti import labels_from_nifti
-from ichdemo.predict import SOURCE_NAME
 from ichdemo.volume import Volume
+
+SOURCE_NAME = "source.json"
 
 EXPORT_NAME = "draft"
 """File-name stem of exports: neutral, since an input's own name may be the patient's (issue 9, privacy)."""
@@ -76,3 +82,66 @@ def read_prediction(folder: str | Path) -> Prediction:
     volume = load_volume(paths[0] if len(paths) == 1 else paths)
     labels = labels_from_nifti(folder / "labels.nii.gz", volume)
     return Prediction(labels, volume, report.get("model") or {}, report.get("thresholds") or {}, EXPORT_NAME)
+
+
+def write_prediction(
+    out_dir: str | Path,
+    volume: Volume,
+    labels: np.ndarray,
+    report: dict[str, Any],
+    maps255: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
+    source_paths: list[str] | None = None,
+) -> dict[str, Path]:
+    """Write a predict output folder; every file atomically.
+
+    Args:
+        out_dir: the folder (created).
+        volume: the source series (grid, NIfTI header).
+        labels: (S, H, W) uint8 label map on the source grid.
+        report: the JSON report (``ichdemo.pipeline.Analysis.report``).
+        maps255: (S, 5, H, W) heatmaps on the source grid for heatmaps.npz (with ``probs``); None to skip the file.
+        probs: (S, 5) slice probabilities stored beside the heatmaps.
+        source_paths: where the input came from, written to the local sidecar ``source.json`` (not into the
+            report, since folder names may carry patient names) so that `ichdemo export PRED_DIR` can re-read the
+            source geometry (e.g. DICOM UIDs for DICOM SEG).
+
+    Returns:
+        {"labels", "report", and where written "heatmaps", "source", "label_pngs" (image input)}: paths.
+    """
+    import nibabel as nib
+
+    from ichdemo.io.nifti import to_source_grid
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    img = to_source_grid(labels, volume) if volume.nifti_header else nib.Nifti1Image(
+        np.ascontiguousarray(labels.transpose(2, 1, 0)), volume.affine)
+    img.set_data_dtype(np.uint8)
+    paths = {"labels": out / "labels.nii.gz", "report": out / "report.json"}
+    with atomic_path(paths["labels"], suffix=".nii.gz") as tmp:
+        nib.save(img, tmp)
+    if maps255 is not None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{c: maps255[:, k].astype(np.float16) for k, c in enumerate(CLASSES)}, probs=probs)
+        paths["heatmaps"] = write_bytes(out / "heatmaps.npz", buf.getvalue())
+    write_text(paths["report"], json.dumps(report, indent=2) + "\n")
+    if source_paths:
+        paths["source"] = write_text(out / SOURCE_NAME, json.dumps({
+            "note": "local only: where predict read its input (for `ichdemo export`); may name the patient, do not share",
+            "paths": [str(Path(p).resolve()) for p in source_paths],
+        }, indent=2) + "\n")
+    if volume.source == "image":
+        paths["label_pngs"] = _write_label_pngs(labels, volume, out / "labels")
+    return paths
+
+
+def _write_label_pngs(labels: np.ndarray, volume: Volume, folder: Path) -> Path:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = volume.slice_names or [f"{i:04d}" for i in range(labels.shape[0])]
+    for name, lab in zip(names, labels):
+        ok, png = cv2.imencode(".png", lab)
+        write_bytes(folder / f"{Path(name).stem}.png", png.tobytes())
+    return folder

@@ -22,9 +22,9 @@ from torch import nn
 
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
 from ichdemo.errors import ModelError
+from ichdemo.models.config import CONFIG_NAME, read_config
 from ichdemo.models.registry import create_model
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 FORMAT_VERSION = 1
@@ -87,7 +87,7 @@ def load_pretrained(
             mismatching weights.
     """
     folder = Path(folder)
-    cfg = _read_config(folder)
+    cfg = read_config(folder)
     _check_classes(cfg, expected_classes)
     model_args = dict(cfg.get("model_args") or {})
     model_args["pretrained"] = False
@@ -148,21 +148,6 @@ def _model_card(cfg: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    if not folder.is_dir():
-        raise ModelError(f"checkpoint folder {folder} does not exist")
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise ModelError(f"{folder} is not a checkpoint: no {CONFIG_NAME}")
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"cannot read {path}: {err}") from err
-    if not isinstance(cfg, dict) or "architecture" not in cfg:
-        raise ModelError(f"{path} has no 'architecture' entry")
-    return cfg
 
 
 def _check_classes(cfg: dict[str, Any], expected: tuple[str, ...] | None) -> None:

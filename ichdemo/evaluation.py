@@ -1,10 +1,11 @@
-"""Run a checkpoint over a ``SliceStackDataset`` and score its masks: shared by calibrate, evaluate and the tests.
+"""Run a checkpoint over a ``SliceStackDataset`` and score its masks: what ``train.calibrate`` and ``train.evaluate``
+measure with.
 
-``predict`` gives slice probabilities and the raw heatmaps at the method's native resolution (input/4 for
-lse_unet, input/32 for Grad-CAM). ``maps_to_input`` scales them to 0..255 (``ichdemo.quantify.scale_heatmaps``,
-the model's scale mode) and upsamples them to the input grid (bilinear), the order ``ichdemo.predict`` uses, so a
-threshold calibrated here means the same in the app. Dice is computed on the model's input grid, where the
-dataset's masks live (nearest-neighbour resized).
+``predict`` runs the pipeline's own inference loop (``ichdemo.inference.run_network``) over the dataset and gives
+slice probabilities and the raw heatmaps at the method's native resolution (input/4 for lse_unet, input/32 for
+Grad-CAM). ``maps_to_input`` is the pipeline's ``maps_on_grid`` with the input grid as target, so a threshold
+calibrated here means the same in the app. Dice is computed on the model's input grid, where the dataset's masks
+live (nearest-neighbour resized).
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ichdemo.cam import heatmaps
 from ichdemo.data.series import MASK_ANY, SliceStackDataset
+from ichdemo.inference import run_network
 from ichdemo.metrics import dice_per_class, instance_dice, summarize
-from ichdemo.models import normalize_input
-from ichdemo.quantify import Thresholds, algorithm1, scale_heatmaps
+from ichdemo.pipeline import maps_on_grid
+from ichdemo.quantify import Thresholds, algorithm1
+from ichdemo.transforms import ResizeSpec
 
 
 @dataclass
@@ -72,35 +73,25 @@ def predict(
     """
     items = list(range(len(data))) if items is None else list(items)
     model = model.to(device).eval()
-    probs, labels, raws, masks = [], [], [], []
-    for s0 in range(0, len(items), batch_size):
-        batch = [data[i] for i in items[s0 : s0 + batch_size]]
-        x = normalize_input(torch.stack([b["image"] for b in batch]).to(device), model.ich_cfg)
-        labels.append(np.stack([b["labels"].numpy() for b in batch]))
-        if maps:
-            res = heatmaps(model, x, method=method)
-            raws.append(res.raw.float().cpu().numpy())
-            masks.append(np.stack([b["mask"].numpy().astype(np.int16) for b in batch]))
-            probs.append(res.probs.float().cpu().numpy())
-        else:
-            with torch.no_grad():
-                probs.append(torch.sigmoid(model(x).logits.float()).cpu().numpy())
+    masks: list[np.ndarray] = []
+
+    def batches():  # the images for the network; the masks collected on the way
+        for s0 in range(0, len(items), batch_size):
+            batch = [data[i] for i in items[s0 : s0 + batch_size]]
+            if maps:
+                masks.append(np.stack([b["mask"].numpy().astype(np.int16) for b in batch]))
+            yield torch.stack([b["image"] for b in batch])
+
+    out = run_network(model, batches(), maps=maps, method=method, device=device)
     patients = data.patients
-    return Predictions(items, np.concatenate(probs), np.concatenate(labels),
-                       np.concatenate(raws) if maps else None, np.concatenate(masks) if maps else None,
+    return Predictions(items, out.probs, data.labels[items] if items else np.zeros((0, 5), np.float32),
+                       out.native if maps else None, np.concatenate(masks) if maps else None,
                        [patients[i] for i in items])
 
 
-def maps_to_input(raw: np.ndarray, size: int, thresholds: Thresholds, chunk: int = 64) -> np.ndarray:
+def maps_to_input(raw: np.ndarray, size: int, thresholds: Thresholds) -> np.ndarray:
     """(N, 5, h, w) raw maps -> (N, 5, size, size) uint8 on the 0..255 scale of ``thresholds.scale_mode``."""
-    out = np.empty((raw.shape[0], raw.shape[1], size, size), np.uint8)
-    for s0 in range(0, raw.shape[0], chunk):
-        scaled = scale_heatmaps(raw[s0 : s0 + chunk], thresholds.scale_mode, thresholds.scale)
-        up = torch.from_numpy(scaled)
-        if up.shape[-1] != size:
-            up = F.interpolate(up, size=(size, size), mode="bilinear", align_corners=False)
-        out[s0 : s0 + chunk] = np.clip(np.ceil(up.numpy()), 0, 255).astype(np.uint8)
-    return out
+    return maps_on_grid(raw, thresholds, ResizeSpec(size, size, size))
 
 
 def label_maps(pred: Predictions, thresholds: Thresholds, size: int, gate: np.ndarray | None = None) -> np.ndarray:

@@ -1,0 +1,188 @@
+"""The one path a CT takes from input to drafts: ``Volume`` -> ``analyze`` -> ``Analysis`` -> ``save``.
+
+Every front end runs this path: the CLI (``predict``), batch ``annotate``, the app's session and its API, and
+training-time calibration and evaluation share its pieces (``ichdemo.inference.run_network`` and ``maps_on_grid``),
+so a threshold calibrated in training means the same in the app.
+
+1. ``analyze(lm, volume)``: windows the volume with the model's window, stacks 3 slices, letterboxes to the
+   model's input (``ichdemo.transforms.prepare``), runs the network once (``LoadedModel.run``), scales the heatmaps
+   to 0..255 and maps them back onto the source grid (``maps_on_grid``). Returns an in-memory ``Analysis``.
+2. ``Analysis.labels(thresholds)``: Algorithm 1 on the cached heatmaps; cheap, so the app re-runs it on every slider
+   move without the network.
+3. ``save(analysis, volume, out_dir, formats=...)``: writes the predict folder and the requested export formats, and
+   returns what it wrote and what it skipped (``Saved``).
+
+Example:
+    >>> lm = load_model("lse_unet_lite0_fg")
+    >>> vol = load_volume("series.zip")
+    >>> analysis = analyze(lm, vol)
+    >>> labels = analysis.labels()                      # (S, H, W) uint8 with the model's calibrated thresholds
+    >>> saved = save(analysis, vol, "out/", formats=["nifti", "dicom-seg"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichdemo import __version__
+from ichdemo.constants import CLASSES, RESEARCH_NOTICE
+from ichdemo.inference import LoadedModel, load_model
+from ichdemo.quantify import Thresholds, abc2_ml, algorithm1, scale_heatmaps, volumes_ml
+from ichdemo.transforms import ResizeSpec, prepare
+from ichdemo.volume import Volume
+
+__all__ = ["Analysis", "Saved", "analyze", "load_model", "maps_on_grid", "save"]
+
+Progress = Callable[[int, int], None]
+"""Called with (slices done, slices in all) while the network runs."""
+
+
+def maps_on_grid(native: np.ndarray, thresholds: Thresholds, spec: ResizeSpec, nearest: bool = False) -> np.ndarray:
+    """Raw heatmaps (N, 5, h, w) at the model's native grid -> (N, 5, rows, cols) uint8 on the 0..255 scale of
+    ``thresholds.scale_mode``, on the grid ``spec`` maps back to (bilinear; ``nearest`` shows the native cells).
+
+    The one scale-and-resize path: the pipeline uses it with the source grid, training-time evaluation with the
+    input grid (``ResizeSpec(size, size, size)``). Rounding up makes ``map255 > m`` exact for an integer m.
+    """
+    out = np.empty(native.shape[:2] + (spec.rows, spec.cols), np.uint8)
+    for s in range(native.shape[0]):  # slice by slice keeps the float temporaries small
+        scaled = scale_heatmaps(native[s : s + 1].astype(np.float32), thresholds.scale_mode, thresholds.scale)[0]
+        np.clip(np.ceil(spec.to_source(scaled, nearest=nearest)), 0, 255, out=out[s], casting="unsafe")
+    return out
+
+
+@dataclass
+class Analysis:
+    """What the network said about one series; thresholds are applied on demand.
+
+    Attributes:
+        model: name of the model that produced it.
+        probs: (S, 5) slice probabilities.
+        maps255: (S, 5, H, W) uint8 heatmaps on the source grid, scaled to 0..255 (the model's scale mode).
+        native: (S, 5, h, w) float16 raw heatmaps at the model's native resolution (before any rescaling).
+        spacing: (slice, row, col) mm of the source grid.
+        thresholds: the model's calibrated thresholds (the default for ``labels``).
+        model_info: ``LoadedModel.describe()``.
+    """
+
+    model: str
+    probs: np.ndarray
+    maps255: np.ndarray
+    native: np.ndarray
+    spacing: tuple[float, float, float]
+    thresholds: Thresholds
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+    def labels(self, thresholds: Thresholds | None = None) -> np.ndarray:
+        """(S, H, W) uint8 label map by Algorithm 1 (0 normal, k = CLASSES[k-1]); cheap, no network."""
+        t = thresholds or self.thresholds
+        return algorithm1(self.probs, self.maps255, t.class_thresholds, t.mask_thresholds)
+
+    def report(self, labels: np.ndarray, thresholds: Thresholds | None = None, volume: Volume | None = None) -> dict:
+        """JSON-ready report: per-slice probabilities, thresholds, volumes (mL) and ABC/2, model and notice."""
+        t = thresholds or self.thresholds
+        rep = {
+            "notice": RESEARCH_NOTICE,
+            "ichdemo_version": __version__,
+            "model": self.model_info,
+            "thresholds": t.to_dict(),
+            "classes": list(CLASSES),
+            "spacing_mm": list(self.spacing),
+            "volumes_ml": volumes_ml(labels, self.spacing),
+            "abc2_ml": abc2_ml(labels, self.spacing),
+            "slices": [
+                {"index": i, "probabilities": {c: round(float(p), 5) for c, p in zip(CLASSES, row)},
+                 "present": [c for c, p, thr in zip(CLASSES, row, t.class_thresholds) if p > thr]}
+                for i, row in enumerate(self.probs)
+            ],
+        }
+        if volume is not None:
+            rep["input"] = volume.summary()
+        return rep
+
+
+def analyze(
+    lm: LoadedModel, vol: Volume, *, batch_size: int = 4, method: str = "auto", progress: Progress | None = None
+) -> Analysis:
+    """Run the network once over every slice of ``vol`` (3-slice stacks) and keep heatmaps on the source grid.
+
+    Args:
+        lm: from ``load_model``.
+        vol: from ``ichdemo.io.load_volume``.
+        batch_size: slices per forward pass.
+        method: heatmap method for ``ichdemo.cam.heatmaps`` ("auto": Grad-CAM for gap, the LSE map for lse_unet).
+        progress: called with (slices done, slices in all) after every batch.
+    """
+    x, spec = prepare(vol.data, vol.prewindowed, lm.cfg.input_size, lm.cfg.window)
+    total = x.shape[0]
+    out = lm.run(x, batch_size, method, progress=(lambda done: progress(done, total)) if progress else None)
+    t = lm.thresholds
+    maps255 = maps_on_grid(out.native, t, spec)
+    return Analysis(lm.name, out.probs, maps255, out.native.astype(np.float16), vol.spacing, t, lm.describe())
+
+
+@dataclass
+class Saved:
+    """What ``save`` wrote.
+
+    Attributes:
+        labels: the (S, H, W) label map that was written.
+        report: the JSON report that was written.
+        files: the predict folder's files (``ichdemo.export.predictions.write_prediction``).
+        exported: {format: path} of the export formats written.
+        skipped: {format: why} of requested formats this input or result cannot have.
+    """
+
+    labels: np.ndarray
+    report: dict[str, Any]
+    files: dict[str, Path]
+    exported: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def save(
+    analysis: Analysis,
+    volume: Volume,
+    out_dir: str | Path,
+    thresholds: Thresholds | None = None,
+    formats: Sequence[str] = (),
+    *,
+    export_dir: str | Path | None = None,
+    source_paths: Sequence[str] | None = None,
+    heatmaps: bool = True,
+    keep_phi: bool = False,
+    name: str | None = None,
+) -> Saved:
+    """Write the predict folder (labels.nii.gz, report.json, heatmaps.npz, label PNGs for images) and ``formats``.
+
+    Args:
+        analysis: from ``analyze``; ``volume`` is the series it analysed.
+        out_dir: the predict folder.
+        thresholds: Algorithm 1 thresholds (default: the model's calibrated ones).
+        formats: ``ichdemo.export.FORMATS`` names; a format this result cannot have is skipped, with the reason.
+        export_dir: where the formats go (default ``out_dir``).
+        source_paths: the input paths, for the local ``source.json`` that `ichdemo export` reads.
+        heatmaps: write heatmaps.npz (large for long series).
+        keep_phi: keep patient name, ID and birth date in DICOM SEG.
+        name: series name in export file names (default the neutral "draft": an input's own name may be the
+            patient's).
+    """
+    from ichdemo.export import export
+    from ichdemo.export.predictions import EXPORT_NAME, write_prediction
+
+    t = thresholds or analysis.thresholds
+    labels = analysis.labels(t)
+    report = analysis.report(labels, t, volume)
+    files = write_prediction(out_dir, volume, labels, report, analysis.maps255 if heatmaps else None,
+                             analysis.probs, list(source_paths) if source_paths else None)
+    saved = Saved(labels, report, files)
+    if formats:
+        done = export(labels, volume, list(formats), Path(export_dir or out_dir), model_info=analysis.model_info,
+                      thresholds=t, keep_phi=keep_phi, name=name or EXPORT_NAME, skip_unsupported=True)
+        saved.exported, saved.skipped = dict(done), done.skipped
+    return saved
