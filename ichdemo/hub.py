@@ -1,7 +1,7 @@
 """Resolve a model reference to a checkpoint folder: a bundled name, a local folder, or a Hugging Face Hub repo.
 
 References:
-    ``lse_unet_lite0``                 a folder under ``checkpoints/`` of this repository (bundled);
+    ``lse_unet_lite0``                 a folder of the repository's ``checkpoints/`` (bundled; ``bundled_dir()``);
     ``/path/to/folder`` or ``./dir``   a local folder in Hugging Face layout (config.json + model.safetensors);
     ``hf://owner/repo[@revision]``     fetched with ``huggingface_hub.snapshot_download`` into the standard cache.
 
@@ -12,13 +12,16 @@ list comes from the ``ICHDEMO_MODELS`` environment variable (comma-separated ref
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from ichdemo.errors import ModelError
 
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+CHECKPOINTS_ENV = "ICHDEMO_CHECKPOINTS"
 HF_PREFIX = "hf://"
 _HUB_PATTERNS = ["*.json", "*.safetensors", "README.md", "*.onnx"]
 
@@ -30,6 +33,33 @@ class ModelRef:
     name: str
     folder: Path
     origin: str  # "bundled", "local" or "hub owner/repo@rev"
+
+
+def bundled_dir() -> Path:
+    """The folder of bundled checkpoints: ``checkpoints/`` of the repository, which is not packaged (47 MB).
+
+    In order: ``$ICHDEMO_CHECKPOINTS``; ``checkpoints/`` beside the package (a checkout, ``pip install -e``); the
+    ``checkpoints/`` of the checkout a ``pip install /path/to/repo`` came from (pip records it in direct_url.json).
+    When none exists, the folder beside the package, so that messages name where the models were looked for.
+    """
+    env = os.environ.get(CHECKPOINTS_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    beside = Path(__file__).resolve().parents[1] / "checkpoints"
+    if beside.is_dir():
+        return beside
+    source = _installed_from()
+    return source / "checkpoints" if source and (source / "checkpoints").is_dir() else beside
+
+
+def _installed_from() -> Path | None:
+    """The local folder this package was pip-installed from, if pip recorded one (PEP 610 direct_url.json)."""
+    try:
+        url = json.loads(metadata.distribution("ichdemo").read_text("direct_url.json") or "{}").get("url", "")
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+    parsed = urlparse(url)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
 
 
 def _offline() -> bool:
@@ -82,14 +112,15 @@ def resolve(ref: str | os.PathLike) -> ModelRef:
         ModelError: unknown name, missing folder, missing config.json, or a Hub repo that cannot be fetched.
     """
     text = str(ref)
+    bundled = bundled_dir()
     if text.startswith(HF_PREFIX):
         found = _download(text)
-    elif (BUNDLED_DIR / text).is_dir() and "/" not in text and text not in (".", ".."):
-        found = ModelRef(text, BUNDLED_DIR / text, "bundled")
+    elif (bundled / text).is_dir() and "/" not in text and text not in (".", ".."):
+        found = ModelRef(text, bundled / text, "bundled")
     elif Path(text).is_dir():
         found = ModelRef(Path(text).name, Path(text), "local")
     else:
-        names = ", ".join(bundled_names()) or "none"
+        names = ", ".join(bundled_names()) or f"none in {bundled}; set {CHECKPOINTS_ENV}"
         raise ModelError(f"unknown model {text!r}: not a bundled name ({names}), a folder, or hf://owner/repo")
     if not (found.folder / "config.json").is_file():
         raise ModelError(f"model folder {found.folder} has no config.json (expected Hugging Face layout)")
@@ -97,10 +128,11 @@ def resolve(ref: str | os.PathLike) -> ModelRef:
 
 
 def bundled_names() -> list[str]:
-    """Names of the checkpoint folders shipped under checkpoints/."""
-    if not BUNDLED_DIR.is_dir():
+    """Names of the checkpoint folders shipped under checkpoints/ (``bundled_dir()``)."""
+    bundled = bundled_dir()
+    if not bundled.is_dir():
         return []
-    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file())
+    return sorted(p.name for p in bundled.iterdir() if (p / "config.json").is_file())
 
 
 DEFAULT_MODEL = "lse_unet_lite0_fg"
@@ -109,10 +141,13 @@ DEFAULT_MODEL = "lse_unet_lite0_fg"
 def default_model() -> str:
     """The model `predict` and the app use when none is named: the bundled default, else the first configured."""
     refs = configured_refs()
-    if DEFAULT_MODEL in refs or (not refs and (BUNDLED_DIR / DEFAULT_MODEL).is_dir()):
+    if DEFAULT_MODEL in refs or (not refs and (bundled_dir() / DEFAULT_MODEL).is_dir()):
         return DEFAULT_MODEL
     if not refs:
-        raise ModelError("no model available: checkpoints/ is empty and ICHDEMO_MODELS is not set; pass --model")
+        raise ModelError(
+            f"no model available: no bundled checkpoints in {bundled_dir()} (set {CHECKPOINTS_ENV} to the repository's "
+            "checkpoints/ folder) and ICHDEMO_MODELS is not set; pass --model"
+        )
     return refs[0]
 
 

@@ -72,3 +72,19 @@ def test_configured_refs_from_env_and_yaml(tmp_path, monkeypatch):
     cfg.write_text("models: 3\n")
     with pytest.raises(ModelError, match="expected a YAML list"):
         hub.configured_refs()
+
+
+def test_bundled_dir_from_env(tmp_path, monkeypatch):
+    _fake_checkpoint(tmp_path / "ckpts" / "mine")
+    monkeypatch.setenv("ICHDEMO_CHECKPOINTS", str(tmp_path / "ckpts"))
+    assert hub.bundled_names() == ["mine"]
+    found = hub.resolve("mine")
+    assert found.folder == tmp_path / "ckpts" / "mine" and found.origin == "bundled"
+    monkeypatch.setenv("ICHDEMO_CHECKPOINTS", str(tmp_path / "none"))
+    with pytest.raises(ModelError, match="none in .*none; set ICHDEMO_CHECKPOINTS"):
+        hub.resolve("mine")
+
+
+def test_bundled_dir_of_a_checkout(monkeypatch):
+    monkeypatch.delenv("ICHDEMO_CHECKPOINTS", raising=False)
+    assert hub.bundled_dir().name == "checkpoints" and hub.DEFAULT_MODEL in hub.bundled_names()
