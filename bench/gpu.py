@@ -1,4 +1,4 @@
-"""GPU figures of issue 8 (needs CUDA), each a ratio against a baseline measured in the same run and process.
+"""GPU speed figures (needs CUDA), each a ratio against a baseline measured in the same run and process.
 
     python -m bench.gpu --json docs/bench_gpu.json [--batch 32 --size 512 --repeats 10] [--compile]
     python -m bench.gpu --dry-run --json /tmp/gpu.json      # every code path on CPU, tiny sizes, no figures

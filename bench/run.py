@@ -1,4 +1,4 @@
-"""Benchmarks of issue 8, each a ratio against a baseline measured in the same run and process.
+"""Speed and memory benchmarks, each a ratio against a baseline measured in the same run and process.
 
     python -m bench.run --json docs/bench.json            # full CPU run (2 threads), then docs/BENCHMARKS.md
     python -m bench.run --quick --json /tmp/bench.json    # CI: small sizes, checks every figure is produced

@@ -1,4 +1,4 @@
-"""Heatmaps for all five classes at the speed of inference (METHOD.md; issue 3, Heatmaps).
+"""Heatmaps for all five classes at the speed of inference (docs/METHOD.md: the Grad-CAM baselines, LSE-UNet).
 
 * ``GradCAM``: for ``gap`` models on ``model.cam_layer`` (the last conv stage). ONE forward pass; the graph is
   recorded only from the hooked activation A upwards, then d logit_c / d A for every class c with

@@ -1,4 +1,4 @@
-"""Seeded synthetic head CT phantoms in HU with known hemorrhage masks (issue 2, "Synthetic phantoms").
+"""Seeded synthetic head CT phantoms in HU with known hemorrhage masks: data where every voxel's truth is known.
 
 A phantom is an axial head CT volume built from simple analytic shapes in millimetres: scalp, a skull ring (dense
 tables around a softer diploe, thicker at the base, petrous ridges and a sphenoid sinus low down), brain parenchyma

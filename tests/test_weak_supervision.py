@@ -1,4 +1,4 @@
-"""Does the method work, not only run? (issue 3, "Done when"): an ``lse_unet`` with a small encoder, trained on CPU
+"""Does the method work, not only run? An ``lse_unet`` with a small encoder, trained on CPU
 on synthetic phantoms with SLICE LABELS ONLY, should segment held-out phantom lesions with Dice >= 0.5 and beat
 Grad-CAM from a ``gap`` model trained on the same encoder and data.
 

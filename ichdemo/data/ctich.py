@@ -22,7 +22,8 @@ from ichdemo.io.ctich import SLICE_MM, CTICHDataset, SliceRecord
 from ichdemo.io.image import read_grey
 
 MASKED_PATIENTS: tuple[str, ...] = ("77", "78", "79", "80", "81")
-"""The only CT-ICH patients with pixel masks: held out of training for the paper's comparison (issue 4)."""
+"""The only CT-ICH patients with pixel masks: held out of training and validation, so Dice is scored on unseen
+heads."""
 
 
 def gap_aware_neighbours(numbers: Sequence[int]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Draft masks in the formats annotators use (issue 7).
+"""Draft masks in the formats annotators use, so that a reviewer corrects a draft in their own tool.
 
 Example:
     >>> from ichdemo.export import export

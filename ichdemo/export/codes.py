@@ -1,6 +1,6 @@
 """Coded concepts for the five subtypes, shared by DICOM SEG and 3D Slicer's segment terminology.
 
-How the codes were verified (issue 7): a SNOMED CT (SCT) code is used only when DICOM PS3.16 states it (read through
+How the codes were verified: a SNOMED CT (SCT) code is used only when DICOM PS3.16 states it (read through
 pydicom's code dictionary, which is generated from PS3.16), or when two independent public sources agree on the
 concept id and its meaning. A subtype that fails this keeps the project's private coding scheme ``99ICHDEMO`` (DICOM
 PS3.3 8.1: designators starting with "99" are private) rather than a possibly wrong SNOMED code in a medical file.

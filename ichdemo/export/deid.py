@@ -1,4 +1,4 @@
-"""De-identification of the DICOM attributes an export copies from the source series (issue 9).
+"""De-identification of the DICOM attributes an export copies from the source series, for patient privacy.
 
 A DICOM SEG copies the Patient and Study modules (and a few more) from its source images. By default those copies
 go through the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile with the Retain UIDs Option:

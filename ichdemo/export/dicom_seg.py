@@ -14,8 +14,8 @@ What is in the file:
 
 Source headers are re-read from ``DicomRef.files``. Where the files are no longer there (a zip extracted to a
 temporary folder), minimal source headers are rebuilt from ``DicomRef`` (UIDs and geometry, nothing else).
-Privacy (issue 9): unless ``keep_phi``, the copied attributes go through the Basic Application Level
-Confidentiality Profile with the Retain UIDs Option (``ichdemo.export.deid``).
+Privacy: the copied attributes would carry the patient's identity into the SEG, so unless ``keep_phi`` they go
+through the Basic Application Level Confidentiality Profile with the Retain UIDs Option (``ichdemo.export.deid``).
 
 A series with no segmented voxel gets no SEG (a SEG must hold at least one segment); ``unsupported`` says so.
 """

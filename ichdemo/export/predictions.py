@@ -26,7 +26,7 @@ from ichdemo.volume import Volume
 SOURCE_NAME = "source.json"
 
 EXPORT_NAME = "draft"
-"""File-name stem of exports: neutral, since an input's own name may be the patient's (issue 9, privacy)."""
+"""File-name stem of exports: neutral, since an input's own name may be the patient's name (privacy)."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """What every export carries about where it came from: model, version, thresholds and the draft notice.
 
 An annotator who opens a file weeks later must see, inside the file, that it is an unreviewed draft from a named
-model with named thresholds (issue 7). Each format stores this where its tools show it: the NIfTI ``descrip`` field
+model with named thresholds. Each format stores this where its tools show it: the NIfTI ``descrip`` field
 and a JSON sidecar, DICOM SEG SeriesDescription/ContentLabel/ContentDescription and AlgorithmIdentification, nrrd
 header fields, the CVAT label map comment, Label Studio's ``model_version``, COCO ``info`` and PNG text chunks.
 """

@@ -1,4 +1,4 @@
-"""Issue 9, "Bad and hostile input", through the app: every hostile input of tests/security fed to the upload
+"""Bad and hostile input through the app: every hostile input of tests/security fed to the upload
 handler of the served app (the ``/load`` event of the upload box, driven with gradio_client over 127.0.0.1).
 
 Each refusal must reach the user as one specific line (the loader's message, not "internal error" and never a

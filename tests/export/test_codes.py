@@ -1,4 +1,4 @@
-"""Coded concepts of the subtypes (issue 7): checked against pydicom's DICOM PS3.16 code dictionary."""
+"""Coded concepts of the subtypes, checked against pydicom's DICOM PS3.16 code dictionary."""
 
 import pytest
 from pydicom.sr.codedict import codes

@@ -1,4 +1,4 @@
-"""Every bad input of issue 2 gives its own typed error with a one-line message a person can act on."""
+"""Every bad input a user may bring gives its own typed error with a one-line message a person can act on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the DICOM reader (and the zip that DICOM series travel in), issue 9.
+"""Property-based fuzzing of the DICOM reader (and the zip that DICOM series travel in): uploads are untrusted.
 
 Valid tiny series (3 slices of 8 x 8) are damaged: bit flips, truncation, random raw values in the header fields the
 loader reads, random bytes after a valid preamble or file meta group, bit flips in a zip of the series. Whatever

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the PNG/JPEG reader (the third kind of upload), issue 9.
+"""Property-based fuzzing of the PNG/JPEG reader (the third kind of upload): uploads are untrusted.
 
 Bit flips and overwritten bytes in small valid PNG and JPEG slices: ``load_volume`` returns a sane pre-windowed
 Volume or raises an ``IchdemoError``; PIL's own ValueError/SyntaxError/EOFError never escape (fuzzing found

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the NIfTI reader, issue 9.
+"""Property-based fuzzing of the NIfTI reader: uploads are untrusted.
 
 A valid tiny volume (.nii and .nii.gz, 6 x 5 x 4, oblique affine) is damaged: bit flips, truncation, random values
 in the header fields nibabel and the loader read (dims, datatype, pixdim, offsets, scaling, qform/sform, units,

@@ -1,4 +1,4 @@
-"""Issue 9, "Bad and hostile input", at loader and CLI level.
+"""Bad and hostile input (uploads are untrusted) at loader and CLI level.
 
 Every case is checked three ways: ``load_volume`` raises the specific ``IchdemoError`` subclass with a one-line
 message that names no server path; ``python -m ichdemo info`` and ``predict`` exit with status 2, print that message

@@ -1,4 +1,4 @@
-"""Issue 9, privacy: uploaded DICOM headers are never logged or printed, and what predict writes carries no patient
+"""Privacy: uploaded DICOM headers are never logged or printed, and what predict writes carries no patient
 name, ID or birth date unless the user asks for it (``--keep-phi``).
 
 The series carries unmistakable identifiers (and, in one variant, a malformed birth date: pydicom's validation
