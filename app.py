@@ -16,41 +16,38 @@ and one label map per model (see the About tab).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
-import contextlib
 import functools
 import html
 import logging
 import os
-import stat
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
-from gradio.route_utils import delete_files_created_by_app
-from gradio.utils import get_upload_folder
 
+from ichdemo.api import ScratchFolders, analyze_files
+from ichdemo.catalogue import NO_MODEL_HELP, ModelPool, run_models
 from ichdemo.constants import CLASS_NAMES, CLASSES, RESEARCH_NOTICE, WINDOWS
 from ichdemo.errors import IchdemoError, brief
-from ichdemo.quantify import PAPER_MASK_THRESHOLDS
-from ichdemo.session import (
-    NO_MODEL_HELP,
-    PHANTOM_EXAMPLES,
-    ModelPool,
-    PhantomExamples,
-    ScratchFolders,
-    Session,
-    available_export_formats,
-    explain_slice,
-    parse_model_list,
-    predict_files,
-    run_models,
+from ichdemo.examples import PHANTOM_EXAMPLES, PhantomExamples
+from ichdemo.export.draft import available_formats
+from ichdemo.quantify import PAPER_MASK_THRESHOLDS, parse_thresholds
+from ichdemo.session import Session
+from ichdemo.teach import explain_slice
+from ichdemo.viz import VOLUME_HEADERS
+from webui.cache import DEFAULT_SCHEDULE, cache_schedule, server_lifespan
+from webui.text import (
+    CSS,
+    NOTICE_HTML,
+    agreement_legend_html,
+    heatmap_rows_markdown,
+    info_markdown,
+    legend_html,
+    status_markdown,
 )
-from ichdemo.viz import VOLUME_HEADERS, agreement_legend_html, legend_html
 
 log = logging.getLogger("ichdemo.app")
 ROOT = Path(__file__).resolve().parent
@@ -60,30 +57,8 @@ MAX_FILE_SIZE = os.environ.get("ICHDEMO_MAX_FILE_SIZE", "1gb")
 SESSION_TTL_S = 4 * 3600  # a session's arrays and temp folder go at the latest this long after its last change
 
 
-def cache_schedule(text: str) -> tuple[int, int]:
-    """``"frequency,age"`` in seconds -> the cache schedule (``tidy_cache``): every ``frequency`` s, the files
-    Gradio cached for this app (uploads, returned images, export copies) that are older than ``age`` s go."""
-    why = f"ICHDEMO_DELETE_CACHE must be 'frequency,age' in seconds, frequency > 0 (e.g. 1800,3600), not {text!r}"
-    try:
-        frequency, age = (int(v) for v in text.split(","))
-    except ValueError as err:
-        raise ValueError(why) from err
-    if frequency <= 0 or age < 0:
-        raise ValueError(why)
-    return frequency, age
-
-
-DELETE_CACHE = cache_schedule(os.environ.get("ICHDEMO_DELETE_CACHE", "1800,3600"))
+DELETE_CACHE = cache_schedule(os.environ.get("ICHDEMO_DELETE_CACHE", DEFAULT_SCHEDULE))
 AGREEMENT_HEADERS = ["model A", "model B", "Dice (any hemorrhage)", "Dice (subtypes)", "same label (share)"]
-NOTICE_HTML = f'<div class="ich-notice">⚠ {RESEARCH_NOTICE} Not for diagnosis or treatment decisions.</div>'
-CSS = """
-.ich-notice {background:#fff4e5;border:1px solid #f0a040;color:#5a3200;padding:6px 10px;border-radius:6px;
-             font-weight:600;margin:4px 0}
-.ich-legend {font-size:0.9em;padding:2px 0}
-.ich-untrained {color:#b00020;font-weight:600}
-.ich-gallery .grid-wrap {max-height:none !important; min-height:0 !important; height:auto !important}
-#overlay img, #agreement img {width:100%; height:100%; object-fit:contain}
-"""
 
 try:  # ZeroGPU Spaces: the network runs inside a GPU slot
     import spaces
@@ -178,7 +153,7 @@ class App:
         slider = gr.update(
             minimum=0, maximum=max(n - 1, 1), value=n // 2, interactive=n > 1, label=f"Slice (0..{n - 1})"
         )
-        return s, s.info_markdown(), slider, gr.update(choices=[], value=None), "Series loaded."
+        return s, info_markdown(s.volume), slider, gr.update(choices=[], value=None), "Series loaded."
 
     @ui_errors
     def load_files(self, files: Any, state: Session | None, request: gr.Request) -> tuple:
@@ -255,11 +230,12 @@ class App:
         overlay = s.overlay(ref, i, window, mask_opacity)
         panels = s.heatmap_panels(run, i, window, heat_opacity, native)
         agree, rows = s.agreement(run, i, window)
-        rows_md = s.heatmap_legend(run)
+        rows_md = heatmap_rows_markdown(s.heatmap_rows(run), s.volume)
         if ref is None:
             return (overlay, legend_html(), panels, rows_md, agree, rows, None, [])
         res = s.results(ref, i)
-        return (overlay, res.legend, panels, rows_md, agree, rows, res.figure, res.rows)
+        legend = legend_html(res.volumes_ml, res.present)
+        return (overlay, legend, panels, rows_md, agree, rows, res.figure, res.rows)
 
     @ui_errors
     def render_3d(self, state: Session | None, results_ref: str | None):
@@ -368,16 +344,21 @@ class App:
         )
 
     @ui_errors
-    def predict(self, files: Any, models: str) -> tuple:
-        """API: files + comma-separated model names -> (report JSON, label map files, one per model)."""
+    def predict(self, files: Any, models: str, class_thresholds: str = "", mask_thresholds: str = "") -> tuple:
+        """API: files of one series, comma-separated model names (empty: the default model) and, optionally, five
+        comma-separated class thresholds (probabilities) and mask thresholds (0..255) in place of every model's
+        calibrated ones -> (report JSON, label map files, one per model)."""
         paths = _upload_paths(files)
         if not paths:
             raise gr.Error("no files given", print_exception=False)
-        refs = parse_model_list(models, self.pool) or self.pool.default_selection()[:1]
+        refs = self.pool.by_name(models) or self.pool.default_selection()[:1]
         if not refs:
             raise gr.Error(NO_MODEL_HELP, print_exception=False)
+        c = parse_thresholds(class_thresholds, "class") if str(class_thresholds or "").strip() else None
+        m = parse_thresholds(mask_thresholds, "mask") if str(mask_thresholds or "").strip() else None
+        given = {r: self.pool.infos[r].cfg.thresholds.replace(class_thresholds=c, mask_thresholds=m) for r in refs}
         out = self.scratch.new()  # unguessable, removed after 10 minutes: gradio copies the results into its cache
-        report, label_files = predict_files(self.pool, paths, refs, out)
+        report, label_files = analyze_files(self.pool, paths, refs, out, given)
         return report, [str(p) for p in label_files]
 
 
@@ -573,7 +554,7 @@ def _export_section(ui: SimpleNamespace, pool: ModelPool) -> None:
     gr.HTML(NOTICE_HTML)
     with gr.Row():
         ui.formats = gr.CheckboxGroup(
-            available_export_formats(),
+            available_formats(),
             value=[],
             scale=3,
             elem_id="formats",
@@ -594,6 +575,9 @@ def _export_section(ui: SimpleNamespace, pool: ModelPool) -> None:
             label="Model names, comma-separated (empty: the default model)",
             value=",".join(pool.infos[r].name for r in default),
         )
+        with gr.Row():
+            ui.api_cls = gr.Textbox("", label="Class thresholds IPH,IVH,SAH,SDH,EDH (empty: each model's calibrated)")
+            ui.api_mask = gr.Textbox("", label="Mask thresholds 0..255 (empty: each model's calibrated)")
         ui.api_btn = gr.Button("Predict")
         ui.api_report = gr.JSON(label="Report")
         ui.api_labels = gr.File(label="Label maps (NIfTI, one per model)", file_count="multiple")
@@ -601,6 +585,7 @@ def _export_section(ui: SimpleNamespace, pool: ModelPool) -> None:
 
 def _teach_tab(ui: SimpleNamespace, pool: ModelPool) -> None:
     gap_refs, lse_refs = pool.find("gap"), pool.find("lse_unet")
+    default_lse = pool.default_lse()
     gr.HTML(NOTICE_HTML)
     gr.Markdown(TEACH_INTRO)
     with gr.Row():
@@ -609,7 +594,7 @@ def _teach_tab(ui: SimpleNamespace, pool: ModelPool) -> None:
             [(pool.infos[r].label, r) for r in gap_refs], value=(gap_refs or [None])[0], label="Grad-CAM baseline (gap)"
         )
         ui.t_lse = gr.Dropdown(
-            [(pool.infos[r].label, r) for r in lse_refs], value=(lse_refs or [None])[0], label="LSE-UNet"
+            [(pool.infos[r].label, r) for r in lse_refs], value=default_lse, label="LSE-UNet"
         )
         ui.t_r = gr.Slider(0.1, 50, value=3.0, step=0.1, label="LSE sharpness r to compare")
     ui.teach_btn = gr.Button("Explain the current slice of the Analyze tab", variant="primary", elem_id="teach")
@@ -632,7 +617,7 @@ def _layout(pool: ModelPool) -> SimpleNamespace:
     gr.Markdown(INTRO)
     gr.HTML(NOTICE_HTML)
     with gr.Accordion("Models", open=not pool.refs or any(not i.trained for i in pool.infos.values())):
-        gr.Markdown(pool.status_markdown(), elem_id="model-status")
+        gr.Markdown(status_markdown(pool), elem_id="model-status")
     with gr.Tab("Analyze", id="analyze"):
         with gr.Row():
             with gr.Column(scale=4, min_width=320):
@@ -710,7 +695,11 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
         **net,
     )
     ui.api_btn.click(
-        app.predict, [ui.api_files, ui.api_models], [ui.api_report, ui.api_labels], api_name="predict", **net
+        app.predict,
+        [ui.api_files, ui.api_models, ui.api_cls, ui.api_mask],
+        [ui.api_report, ui.api_labels],
+        api_name="predict",
+        **net,
     )
     load = ui.files.change(app.load_files, [ui.files, ui.state], load_out, api_name="load")
     # chained and UI-only steps
@@ -752,74 +741,6 @@ def build_demo(
     return demo
 
 
-def sweep_upload_stubs(age_s: float, root: str | Path | None = None) -> int:
-    """Remove the empty ``tmp*`` files older than ``age_s`` at the top of Gradio's cache (default: its upload
-    folder); returns how many were removed.
-
-    Gradio 6's ``gr.File`` (type "filepath") creates one such file, never used, for every uploaded file it hands to
-    a callback, and does not register it, so ``delete_cache`` never removes it: without this sweep the cache
-    gains one inode per uploaded file for as long as the server runs. Only empty files are touched (an upload in
-    progress is written under such a name too, which is why young ones are left alone).
-    """
-    limit = time.time() - age_s
-    removed = 0
-    try:
-        entries = list(os.scandir(root or get_upload_folder()))
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
-        if not entry.name.startswith("tmp"):
-            continue
-        with contextlib.suppress(FileNotFoundError):  # an upload's temp file is renamed into place meanwhile
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_mtime <= limit:
-                os.unlink(entry.path)
-                removed += 1
-    return removed
-
-
-def tidy_cache(blocks: gr.Blocks, age: float) -> None:
-    """One pass of the cache clean-up: ``sweep_upload_stubs`` and the pass of Gradio's ``delete_cache``
-    (``delete_files_created_by_app``), for files older than ``age`` s.
-
-    Gradio's own ``delete_cache`` is not used: it runs that pass in a worker thread on a task that ends for good at
-    its first exception, and the pass iterates the set of uploaded files that every upload request adds to, so
-    under load it fails with "Set changed size during iteration" and the cache is never emptied again (Gradio
-    6.31). Here such a pass is retried on the next one.
-    """
-    sweep_upload_stubs(age)
-    try:
-        delete_files_created_by_app(blocks, age)
-    except RuntimeError as err:  # an upload or a reply changed a file set under the pass
-        log.info("cache clean-up retried on its next pass: %s", err)
-
-
-@contextlib.asynccontextmanager
-async def _server_lifespan(server: Any) -> AsyncIterator[None]:
-    """The cache schedule of ``build_demo``: ``tidy_cache`` every ``frequency`` seconds for files older than
-    ``age``; when the server stops, every file of this app and the stubs older than ``age``."""
-    blocks = server.get_blocks()
-    frequency, age = getattr(blocks, "ichdemo_delete_cache", DELETE_CACHE)
-
-    async def sweep() -> None:
-        while True:
-            await asyncio.sleep(frequency)
-            try:
-                await asyncio.to_thread(tidy_cache, blocks, age)
-            except Exception:  # noqa: BLE001 - a failed pass must not end the schedule, as Gradio's did
-                log.exception("cleaning the cache failed; retried on the next pass")
-
-    task = asyncio.create_task(sweep())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        delete_files_created_by_app(blocks, None)  # what Gradio's delete_cache does on stop
-        sweep_upload_stubs(age)  # not younger ones: another server may share the cache folder
-
-
 def launch_options(max_file_size: str | int | None = MAX_FILE_SIZE) -> dict[str, Any]:
     """Keyword arguments of ``demo.launch`` that belong to the app (theme, CSS, limits, paths, the cache
     schedule); Gradio 6 takes the theme and CSS here rather than in ``gr.Blocks``."""
@@ -829,7 +750,7 @@ def launch_options(max_file_size: str | int | None = MAX_FILE_SIZE) -> dict[str,
         "max_file_size": max_file_size,
         "allowed_paths": [str(EXAMPLES_DIR)],
         "footer_links": ["api", "settings"],
-        "app_kwargs": {"lifespan": _server_lifespan},
+        "app_kwargs": {"lifespan": server_lifespan},
     }
 
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from ichdemo.constants import CLASS_COLORS, CLASS_NAMES, CLASSES
+from ichdemo.constants import CLASS_COLORS, CLASSES
 from ichdemo.transforms import to_unit
 
 AGREEMENT_CODES: dict[int, tuple[str, tuple[int, int, int]]] = {
@@ -99,23 +99,6 @@ def label_overlay(base: np.ndarray, labels2d: np.ndarray, opacity: float = 0.45,
     return out
 
 
-def legend_html(volumes_ml: Mapping[str, float] | None = None, present: Sequence[str] | None = None) -> str:
-    """A one-line HTML legend: a colour square and the name of every subtype, with mL when ``volumes_ml`` is given.
-
-    Subtypes not in ``present`` (when given) are shown dimmed.
-    """
-    items = []
-    for c in CLASSES:
-        dim = present is not None and c not in present
-        ml = f" {volumes_ml[c]:.2f} mL" if volumes_ml is not None and c in volumes_ml else ""
-        items.append(
-            f'<span style="margin-right:14px;opacity:{0.35 if dim else 1}" title="{CLASS_NAMES[c]}">'
-            f'<span style="display:inline-block;width:12px;height:12px;background:{_hex(CLASS_COLORS[c])};'
-            f'border:1px solid #444;margin-right:4px;vertical-align:middle"></span>{c}{ml}</span>'
-        )
-    return '<div class="ich-legend">' + "".join(items) + "</div>"
-
-
 # ----------------------------------------------------------------------------------------------- agreement
 def agreement_codes(label_maps: Sequence[np.ndarray]) -> np.ndarray:
     """Per-pixel agreement of several models' label maps of one slice (or series).
@@ -146,19 +129,6 @@ def agreement_overlay(base: np.ndarray, codes: np.ndarray, opacity: float = 0.55
     for code in AGREEMENT_CODES:
         out[outline(codes == code)] = lut[code]
     return out
-
-
-def agreement_legend_html() -> str:
-    """HTML legend of the agreement colours."""
-    return (
-        '<div class="ich-legend">'
-        + "".join(
-            f'<span style="margin-right:14px"><span style="display:inline-block;width:12px;height:12px;'
-            f'background:{_hex(rgb)};border:1px solid #444;margin-right:4px;vertical-align:middle"></span>{text}</span>'
-            for text, rgb in AGREEMENT_CODES.values()
-        )
-        + "</div>"
-    )
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -84,7 +84,8 @@ def app_module():
 @pytest.fixture(scope="session")
 def app_url(app_module, tiny_models, tmp_path_factory):
     """The app with three tiny models (lse + two gap) served on 127.0.0.1 at a free port; closed at the end."""
-    from ichdemo.session import ModelPool, PhantomExamples
+    from ichdemo.catalogue import ModelPool
+    from ichdemo.examples import PhantomExamples
 
     pool = ModelPool([tiny_models["lse"], tiny_models["gap"], tiny_models["gap2"]])
     phantoms = PhantomExamples(tmp_path_factory.mktemp("phantom-examples"), shape=SMALL_SHAPE)

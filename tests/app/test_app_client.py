@@ -108,6 +108,12 @@ def test_predict_endpoint_returns_report_and_label_maps(client, phantom_series):
     assert nib.load(labels[0]).shape == phantom.shape[::-1]
     with pytest.raises(AppError, match="unknown model 'nope'"):
         client.predict([handle_file(str(files[0]))], "nope", api_name="/predict")
+    closed, labels = client.predict([handle_file(str(f)) for f in files], "lse_tiny", "1,1,1,1,1", "0,0,0,0,0",
+                                    api_name="/predict")  # thresholds as plain values: every class gate closed
+    assert closed["models"]["lse_tiny"]["thresholds"]["class_thresholds"] == [1.0] * 5
+    assert not np.asarray(nib.load(labels[0]).dataobj).any()
+    with pytest.raises(AppError, match="need 5 comma-separated mask thresholds"):
+        client.predict([handle_file(str(files[0]))], "lse_tiny", "", "1,2", api_name="/predict")
 
 
 def test_bad_upload_is_a_message_and_the_server_keeps_serving(client, tmp_path, phantom_series):
@@ -120,7 +126,7 @@ def test_bad_upload_is_a_message_and_the_server_keeps_serving(client, tmp_path, 
 
 
 def test_app_without_models_starts_and_says_so(app_module):
-    from ichdemo.session import NO_MODEL_HELP, ModelPool
+    from ichdemo.catalogue import NO_MODEL_HELP, ModelPool
 
     demo = app_module.build_demo(ModelPool([]))
     texts = [getattr(b, "value", None) for b in demo.blocks.values()]
@@ -156,7 +162,7 @@ def _png(path: str) -> np.ndarray:
 def test_upload_limit_and_queue_settings(app_url, app_module):
     import httpx
 
-    from ichdemo.session import ModelPool
+    from ichdemo.catalogue import ModelPool
 
     cfg = httpx.get(app_url + "config", timeout=30).json()
     assert cfg["max_file_size"] == 1 << 30  # launch_options: "1gb"

@@ -44,7 +44,8 @@ def test_sweep_removes_only_old_empty_stubs(app_module, tmp_path):
 @pytest.fixture
 def short_cache_app(app_module, tmp_path):
     """The app with Gradio's cache schedule at (1 s, 1 s), served on 127.0.0.1."""
-    from ichdemo.session import ModelPool, PhantomExamples
+    from ichdemo.catalogue import ModelPool
+    from ichdemo.examples import PhantomExamples
 
     demo = app_module.build_demo(ModelPool([]), PhantomExamples(tmp_path / "phantoms"), delete_cache=(1, 1))
     with socket.socket() as sock:
@@ -83,7 +84,8 @@ def test_cache_schedule_keeps_examples_and_sweeps_stubs(short_cache_app, phantom
 def test_an_upload_gone_meanwhile_is_refused_by_name(app_module, tmp_path):
     import gradio as gr
 
-    from ichdemo.session import ModelPool, PhantomExamples
+    from ichdemo.catalogue import ModelPool
+    from ichdemo.examples import PhantomExamples
 
     app = app_module.App(ModelPool([]), PhantomExamples(tmp_path / "phantoms"))
     gone = tmp_path / "cache" / "0a1b2c" / "CT0001.dcm"
@@ -97,7 +99,8 @@ def test_an_upload_gone_meanwhile_is_refused_by_name(app_module, tmp_path):
 
 def test_a_session_keeps_its_two_newest_drafts(tiny_models, phantom_series, tmp_path, monkeypatch):
     import ichdemo.session
-    from ichdemo.session import KEEP_DRAFTS, ModelPool, Session
+    from ichdemo.catalogue import ModelPool
+    from ichdemo.session import KEEP_DRAFTS, Session
 
     stamps = iter(f"20260101-00000{i}" for i in range(9))  # a new draft name every time, not every second
     strftime = time.strftime

@@ -138,7 +138,8 @@ def test_an_unexpected_crash_is_one_line_and_the_server_keeps_serving(client, ph
 def test_upload_over_the_size_limit_is_refused_by_the_server(app_module, phantom_series, tmp_path):
     """``max_file_size`` (ICHDEMO_MAX_FILE_SIZE): the web server answers 413 with the limit and keeps nothing; the
     client refuses before sending; the app keeps serving."""
-    from ichdemo.session import ModelPool, PhantomExamples
+    from ichdemo.catalogue import ModelPool
+    from ichdemo.examples import PhantomExamples
 
     demo = app_module.build_demo(ModelPool([]), PhantomExamples(tmp_path / "phantoms"))
     with socket.socket() as sock:
@@ -175,7 +176,8 @@ def test_upload_over_the_size_limit_is_refused_by_the_server(app_module, phantom
 @pytest.fixture
 def handler(app_module, tmp_path):
     """The upload handler (``App.load_files``) in-process, with a session hash as the browser would give."""
-    from ichdemo.session import ModelPool, PhantomExamples
+    from ichdemo.catalogue import ModelPool
+    from ichdemo.examples import PhantomExamples
 
     class Request:
         session_hash = f"hostile-{tmp_path.name}"

@@ -11,21 +11,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import ichdemo.predict
+import ichdemo.pipeline
+from ichdemo.api import ScratchFolders, analyze_files
+from ichdemo.catalogue import NO_MODEL_HELP, UNTRAINED, ModelPool
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
 from ichdemo.errors import CorruptInputError, ModelError, UnsupportedInputError
 from ichdemo.quantify import volumes_ml
-from ichdemo.session import (
-    NO_MODEL_HELP,
-    UNTRAINED,
-    ModelPool,
-    PhantomExamples,
-    ScratchFolders,
-    Session,
-    explain_slice,
-    parse_model_list,
-    predict_files,
-)
+from ichdemo.examples import PhantomExamples
+from ichdemo.session import Session
+from ichdemo.teach import explain_slice
+from webui.text import heatmap_rows_markdown, info_markdown, status_markdown
 
 SMALL_SHAPE = (8, 96, 96)  # the conftest's phantom grid (checked below)
 
@@ -52,12 +47,12 @@ def test_fixture_grid(phantom_series):
 
 def test_pool_describes_models_from_their_config(pool, tiny_models):
     lse, gap, gap2 = (pool.infos[tiny_models[k]] for k in ("lse", "gap", "gap2"))
-    assert (lse.family, lse.input_size, lse.heatmap_size, lse.lse_r) == ("lse_unet", 64, 16, 3.0)
-    assert (gap.family, gap.heatmap_size, gap.lse_r) == ("gap", 2, None)
+    assert (lse.family, lse.cfg.input_size, lse.cfg.heatmap_size, lse.cfg.lse_r) == ("lse_unet", 64, 16, 3.0)
+    assert (gap.family, gap.cfg.heatmap_size, gap.cfg.lse_r) == ("gap", 2, None)
     assert UNTRAINED in lse.label and "heatmap 16x16" in lse.label
     assert gap2.trained and UNTRAINED not in gap2.label  # it has a provenance entry
     assert "/no/such/model" in pool.errors and "/no/such/model" not in pool.refs
-    assert "could not use `/no/such/model`" in pool.status_markdown()
+    assert "could not use `/no/such/model`" in status_markdown(pool)
     assert pool.find("lse_unet", hloss=False) == [tiny_models["lse_nohl"]]
     assert pool.find("lse_unet", hloss=True) == [tiny_models["lse_hl"]]
 
@@ -76,7 +71,7 @@ def test_models_load_once_per_process(pool, tiny_models):
 def test_no_model_at_all_is_explained(phantom_series, tmp_path):
     empty = ModelPool([])
     assert empty.refs == [] and empty.default_selection() == []
-    assert NO_MODEL_HELP in empty.status_markdown() and "ICHDEMO_MODELS" in NO_MODEL_HELP
+    assert NO_MODEL_HELP in status_markdown(empty) and "ICHDEMO_MODELS" in NO_MODEL_HELP
     s = Session(base_dir=str(tmp_path))
     s.load_files(phantom_series[0])  # a series can still be loaded and browsed
     assert s.overlay(None, 3).shape == SMALL_SHAPE[1:] + (3,)
@@ -84,19 +79,19 @@ def test_no_model_at_all_is_explained(phantom_series, tmp_path):
         s.analyze(empty, [])
 
 
-def test_parse_model_list(pool, tiny_models):
-    assert parse_model_list("lse_tiny, gap_tiny", pool) == [tiny_models["lse"], tiny_models["gap"]]
-    assert parse_model_list([tiny_models["gap2"]], pool) == [tiny_models["gap2"]]
-    assert parse_model_list("", pool) == []
+def test_pool_finds_models_by_name(pool, tiny_models):
+    assert pool.by_name("lse_tiny, gap_tiny") == [tiny_models["lse"], tiny_models["gap"]]
+    assert pool.by_name([tiny_models["gap2"]]) == [tiny_models["gap2"]]
+    assert pool.by_name("") == []
     with pytest.raises(ModelError, match="unknown model 'nope'"):
-        parse_model_list("nope", pool)
+        pool.by_name("nope")
 
 
 # ------------------------------------------------------------------------------------------------ session
 def test_load_gives_info_and_resets(phantom_series, tmp_path):
     s = Session(base_dir=str(tmp_path))
     s.load_files(phantom_series[0])
-    info = s.info_markdown()
+    info = info_markdown(s.volume)
     assert f"{SMALL_SHAPE[0]} slice(s) of {SMALL_SHAPE[2]} x {SMALL_SHAPE[1]} px" in info
     assert s.clamp_index(99) == SMALL_SHAPE[0] - 1 and s.clamp_index(-3) == 0 and s.clamp_index(None) == 4
     with pytest.raises(UnsupportedInputError, match="empty upload"):
@@ -113,7 +108,7 @@ def test_analyze_runs_each_model_once(analysed, pool, tiny_models, monkeypatch):
     a = s.analyses[tiny_models["lse"]]
     assert a.probs.shape == (SMALL_SHAPE[0], 5) and a.maps255.shape == (SMALL_SHAPE[0], 5, *SMALL_SHAPE[1:])
     calls = []
-    monkeypatch.setattr(ichdemo.predict, "analyze", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(ichdemo.pipeline, "analyze", lambda *a, **k: calls.append(1))
     assert s.analyze(pool, [tiny_models["lse"], tiny_models["gap"]]) == []  # cached: nothing runs
     assert calls == []
 
@@ -124,7 +119,7 @@ def test_thresholds_rethreshold_without_the_network(analysed, tiny_models, monke
     def boom(*args, **kwargs):
         raise AssertionError("the network must not run on a threshold change")
 
-    monkeypatch.setattr(ichdemo.predict, "analyze", boom)
+    monkeypatch.setattr(ichdemo.pipeline, "analyze", boom)
     monkeypatch.setattr("ichdemo.cam.heatmaps", boom)
     try:
         s.set_thresholds(ref, [1.0] * 5, [0] * 5)  # nothing passes the class gate
@@ -153,7 +148,7 @@ def test_views_for_the_current_slice(analysed, tiny_models):
     assert panels[0][1].startswith("IPH: p=") and "lse_tiny · native 16x16" in panels[0][1]
     assert "gap_tiny · native 2x2" in panels[5][1]
     assert panels[0][0].shape == base.shape
-    assert "1. `lse_tiny`: native heatmap 16x16" in s.heatmap_legend(refs)
+    assert "1. `lse_tiny`: native heatmap 16x16" in heatmap_rows_markdown(s.heatmap_rows(refs), s.volume)
     agree, rows = s.agreement(refs, 3)
     assert agree.shape == base.shape and len(rows) == 1 and rows[0][:2] == ["lse_tiny", "gap_tiny"]
     assert s.agreement(refs[:1], 3)[1] == []
@@ -214,8 +209,8 @@ def test_scratch_folders_expire(tmp_path):
     assert not second.exists()
 
 
-def test_predict_files_writes_a_label_map_per_model(pool, tiny_models, phantom_series, tmp_path):
-    report, files = predict_files(pool, phantom_series[0], [tiny_models["lse"], tiny_models["gap"]], tmp_path)
+def test_analyze_files_writes_a_label_map_per_model(pool, tiny_models, phantom_series, tmp_path):
+    report, files = analyze_files(pool, phantom_series[0], [tiny_models["lse"], tiny_models["gap"]], tmp_path)
     assert report["notice"] == RESEARCH_NOTICE and set(report["models"]) == {"lse_tiny", "gap_tiny"}
     assert [f.name for f in files] == ["lse_tiny_labels.nii.gz", "gap_tiny_labels.nii.gz"]
     lab = np.asarray(nib.load(files[0]).dataobj)

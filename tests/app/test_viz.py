@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ichdemo import viz
+from webui.text import legend_html
 from ichdemo.constants import CLASS_COLORS, CLASSES
 from ichdemo.models.lse_unet import lse_pool as torch_lse_pool
 
@@ -59,7 +60,7 @@ def test_label_overlay_colours_fill_and_outline():
 
 
 def test_legend_html_lists_every_subtype_with_its_colour():
-    html = viz.legend_html({"IPH": 1.5, "SDH": 0.0}, present=["IPH"])
+    html = legend_html({"IPH": 1.5, "SDH": 0.0}, present=["IPH"])
     for c in CLASSES:
         assert f">{c}" in html
         assert "#{:02x}{:02x}{:02x}".format(*CLASS_COLORS[c]) in html

@@ -29,7 +29,7 @@ def GPU(duration=60):
 
 SCRIPT = """
 import json, spaces, app
-from ichdemo.session import ModelPool
+from ichdemo.catalogue import ModelPool
 app.run_models = lambda pool, refs, volume: {"ran": list(refs), "volume": volume}
 a = app.App(ModelPool([]))
 out = a._gpu_run(["m1"], "vol")

@@ -1,0 +1,97 @@
+"""What the app shows as text: Markdown and HTML built from the library's plain data, and the app's CSS.
+
+The library (``ichdemo``) returns numbers, arrays and dataclasses; every sentence, table cell and colour swatch the
+browser shows is formatted here, next to the CSS classes it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ichdemo.catalogue import NO_MODEL_HELP, UNTRAINED, ModelPool
+from ichdemo.constants import CLASS_COLORS, CLASS_NAMES, CLASSES, RESEARCH_NOTICE
+from ichdemo.viz import AGREEMENT_CODES
+from ichdemo.volume import Volume
+
+NOTICE_HTML = f'<div class="ich-notice">⚠ {RESEARCH_NOTICE} Not for diagnosis or treatment decisions.</div>'
+CSS = """
+.ich-notice {background:#fff4e5;border:1px solid #f0a040;color:#5a3200;padding:6px 10px;border-radius:6px;
+             font-weight:600;margin:4px 0}
+.ich-legend {font-size:0.9em;padding:2px 0}
+.ich-untrained {color:#b00020;font-weight:600}
+.ich-gallery .grid-wrap {max-height:none !important; min-height:0 !important; height:auto !important}
+#overlay img, #agreement img {width:100%; height:100%; object-fit:contain}
+"""
+
+
+def _hex(rgb: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb))
+
+
+def legend_html(volumes_ml: Mapping[str, float] | None = None, present: Sequence[str] | None = None) -> str:
+    """A one-line HTML legend: a colour square and the name of every subtype, with mL when ``volumes_ml`` is given.
+
+    Subtypes not in ``present`` (when given) are shown dimmed.
+    """
+    items = []
+    for c in CLASSES:
+        dim = present is not None and c not in present
+        ml = f" {volumes_ml[c]:.2f} mL" if volumes_ml is not None and c in volumes_ml else ""
+        items.append(
+            f'<span style="margin-right:14px;opacity:{0.35 if dim else 1}" title="{CLASS_NAMES[c]}">'
+            f'<span style="display:inline-block;width:12px;height:12px;background:{_hex(CLASS_COLORS[c])};'
+            f'border:1px solid #444;margin-right:4px;vertical-align:middle"></span>{c}{ml}</span>'
+        )
+    return '<div class="ich-legend">' + "".join(items) + "</div>"
+
+
+def agreement_legend_html() -> str:
+    """HTML legend of the agreement colours."""
+    return (
+        '<div class="ich-legend">'
+        + "".join(
+            f'<span style="margin-right:14px"><span style="display:inline-block;width:12px;height:12px;'
+            f'background:{_hex(rgb)};border:1px solid #444;margin-right:4px;vertical-align:middle"></span>{text}</span>'
+            for text, rgb in AGREEMENT_CODES.values()
+        )
+        + "</div>"
+    )
+
+
+def info_markdown(volume: Volume | None) -> str:
+    """Series facts and warnings."""
+    if volume is None:
+        return "No series loaded yet."
+    s = volume.summary()
+    sp = " x ".join(f"{v:g}" for v in s["spacing_mm"])
+    lines = [
+        f"**{s['description'] or s['source']}**",
+        f"- {s['slices']} slice(s) of {s['cols']} x {s['rows']} px; spacing {sp} mm (slice x row x col)"
+        + (" — **assumed** (the input carries none): volumes are estimates" if s["spacing_assumed"] else ""),
+        f"- values: {s['values']}" + (" (window presets do not apply)" if volume.prewindowed else ""),
+    ]
+    lines += [f"- ⚠ {w}" for w in s["warnings"]]
+    return "\n".join(lines)
+
+
+def status_markdown(pool: ModelPool) -> str:
+    """The models, untrained ones flagged, or how to add a model."""
+    if not pool.infos:
+        lines = [f"**{NO_MODEL_HELP}**"]
+    else:
+        lines = [
+            f"- `{i.name}` ({i.family}, input {i.cfg.input_size} px, native heatmap {i.cfg.heatmap_size}x"
+            f"{i.cfg.heatmap_size})" + ("" if i.trained else f" — **{UNTRAINED}**")
+            for i in pool.infos.values()
+        ]
+    lines += [f"- could not use `{ref}`: {msg}" for ref, msg in pool.errors.items()]
+    return "\n".join(lines)
+
+
+def heatmap_rows_markdown(rows: Sequence[tuple[str, int]], volume: Volume) -> str:
+    """Names the rows of the heatmap gallery (one row of five subtypes per model run)."""
+    if not rows:
+        return "Run at least one model to see its heatmaps."
+    lines = [f"{n}. `{name}`: native heatmap {h}x{h}, shown on the {volume.shape[2]}x{volume.shape[1]} slice"
+             for n, (name, h) in enumerate(rows, 1)]
+    return "Rows, top to bottom (columns: " + ", ".join(CLASSES) + "):\n\n" + "\n".join(lines)
