@@ -147,7 +147,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     refs = hub.configured_refs()
     if not refs:
-        print("no models: checkpoints/ holds none and ICHDEMO_MODELS is not set")
+        print(f"no models: no bundled checkpoints in {hub.bundled_dir()} (set {hub.CHECKPOINTS_ENV} to the "
+              "repository's checkpoints/ folder) and ICHDEMO_MODELS is not set")
         return 1
     for ref in refs:
         try:
@@ -164,7 +165,7 @@ _FORMATS_HELP = "export formats: nifti, dicom-seg, seg-nrrd, cvat, labelstudio, 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand (help on every flag)."""
-    p = argparse.ArgumentParser(prog="python -m ichdemo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="ichdemo", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"ichdemo {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True)

@@ -1,6 +1,6 @@
 """python -m train.results runs/gpu/lse_unet_lite0 runs/gpu/lse_unet_lite0_nohloss ... --md docs/RESULTS.md
 
-The comparison table of issue 4 (gap baselines against the LSE-UNet, with and without HLoss) from run folders that
+The comparison table (gap baselines against the LSE-UNet, with and without HLoss) from run folders that
 ``train.train`` -> ``train.calibrate`` -> ``train.evaluate --json RUN/eval.json`` produced: every number comes from
 each folder's config.json and eval.json, so rerunning those commands (train/bundle_gpu.sh does all of them)
 reproduces the page.
@@ -113,7 +113,7 @@ def markdown(runs: list[dict], command: str) -> str:
         "- Five held-out patients and a few hundred validation slices: differences of a few hundredths are noise.",
         "- Training times are wall times; train/bundle_gpu.sh runs independent trainings side by side on one GPU.",
         "- The paper's figures (RSNA 2019 training, BHSD test, RDNet-T at 512 px) are not comparable in size; see "
-        "../shared/docs/METHOD.md for them.",
+        "docs/METHOD.md for them.",
         "- Heatmaps: Grad-CAM on the last stage for gap models (16 px grid at 512 px input), the top LSE level map "
         "for lse_unet (128 px grid).", "",
     ]

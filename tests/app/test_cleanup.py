@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
+from webui import cache as webui_cache
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_cache_schedule(app_module):
-    assert app_module.cache_schedule("1800,3600") == (1800, 3600)
-    assert app_module.DELETE_CACHE == app_module.cache_schedule(os.environ.get("ICHDEMO_DELETE_CACHE", "1800,3600"))
+    assert webui_cache.cache_schedule("1800,3600") == (1800, 3600)
+    assert app_module.DELETE_CACHE == webui_cache.cache_schedule(os.environ.get("ICHDEMO_DELETE_CACHE", "1800,3600"))
     for bad in ("3600", "0,10", "10,-1", "a,b", "1,2,3"):
         with pytest.raises(ValueError, match="ICHDEMO_DELETE_CACHE must be 'frequency,age' in seconds"):
-            app_module.cache_schedule(bad)
+            webui_cache.cache_schedule(bad)
 
 
 def test_sweep_removes_only_old_empty_stubs(app_module, tmp_path):
@@ -36,9 +38,9 @@ def test_sweep_removes_only_old_empty_stubs(app_module, tmp_path):
             os.utime(tmp_path / name, (age, age))
     (tmp_path / "tmpdir").mkdir()
     os.utime(tmp_path / "tmpdir", (old, old))
-    assert app_module.sweep_upload_stubs(60, tmp_path) == 1
+    assert webui_cache.sweep_upload_stubs(60, tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "tmpdir", "tmpupload", "tmpyoung"]
-    assert app_module.sweep_upload_stubs(60, tmp_path / "missing") == 0
+    assert webui_cache.sweep_upload_stubs(60, tmp_path / "missing") == 0
 
 
 @pytest.fixture
@@ -146,6 +148,6 @@ def test_tidy_cache_outlives_a_file_set_changed_under_it(app_module, tmp_path):
     with pytest.raises(RuntimeError, match="changed size during iteration"):
         delete_files_created_by_app(blocks, 0)  # Gradio's pass on its own
     files.arrived = False
-    app_module.tidy_cache(blocks, 0)  # the same failure, kept inside one pass
-    app_module.tidy_cache(blocks, 0)
+    webui_cache.tidy_cache(blocks, 0)  # the same failure, kept inside one pass
+    webui_cache.tidy_cache(blocks, 0)
     assert not any(path.exists() for path in paths)

@@ -1,0 +1,81 @@
+"""ichdemo.pipeline: the one path from a Volume to drafts, taken by the app, the CLI and training-time evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ichdemo.catalogue import ModelPool
+from ichdemo.cli import main
+from ichdemo.data.series import ArraySeries, SliceStackDataset
+from ichdemo.evaluation import label_maps, predict
+from ichdemo.export.nifti import labels_from_nifti
+from ichdemo.io import load_volume
+from ichdemo.models import create_model
+from ichdemo.models.checkpoint import load_pretrained, save_pretrained
+from ichdemo.phantom import generate_phantom, write_phantom
+from ichdemo.quantify import Thresholds
+from ichdemo.session import Session
+from ichdemo.transforms import to_unit
+
+SIZE = 64
+CLASS_T, MASK_T = (0.0,) * 5, (100.0,) * 5
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model = create_model("lse_unet_mobilenetv3_small_050", pretrained=False)
+    return save_pretrained(model, tmp_path_factory.mktemp("m") / "lse_tiny", {"input_size": [3, SIZE, SIZE]})
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    """A phantom CT on the model's own input grid (64 x 64), as NIfTI (float HU, stored exactly)."""
+    out = tmp_path_factory.mktemp("ph") / "ct"
+    write_phantom(generate_phantom(3, ("IPH", "SDH"), shape=(6, SIZE, SIZE)), out, "nifti")
+    return out
+
+
+def test_app_cli_and_evaluation_give_identical_labels(model_dir, phantom_dir, tmp_path):
+    t = Thresholds(class_thresholds=CLASS_T, mask_thresholds=MASK_T)
+    # the app: a session over the uploaded series
+    pool = ModelPool([str(model_dir)])
+    s = Session(base_dir=str(tmp_path))
+    vol = s.load_files([str(phantom_dir / "ct.nii.gz")])
+    s.analyze(pool, pool.refs)
+    s.set_thresholds(pool.refs[0], CLASS_T, MASK_T)
+    app_labels = s.labels(pool.refs[0])
+    # the CLI
+    rc = main(["predict", str(phantom_dir), "--model", str(model_dir), "--out", str(tmp_path / "cli"),
+               "--class-thresholds", ",".join(map(str, CLASS_T)), "--mask-thresholds", ",".join(map(str, MASK_T))])
+    assert rc == 0
+    cli_labels = labels_from_nifti(tmp_path / "cli" / "labels.nii.gz", vol)
+    # training-time evaluation: the same slices as a dataset, on the input grid (= the source grid here)
+    model, config = load_pretrained(model_dir)
+    window = (config["window"]["centre"], config["window"]["width"])
+    series = ArraySeries("p", "ct", np.zeros((vol.shape[0], 5)), unit=to_unit(vol.data, vol.prewindowed, window))
+    pred = predict(model, SliceStackDataset([series], SIZE, cache=False), batch_size=4)
+    eval_labels = label_maps(pred, t, SIZE)
+    s.cleanup()
+    assert app_labels.shape == (6, SIZE, SIZE) and 0 < (app_labels > 0).mean() < 1  # a test that can fail
+    np.testing.assert_array_equal(app_labels, cli_labels)
+    np.testing.assert_array_equal(app_labels, eval_labels)
+
+
+def test_phantom_then_predict_in_sequence(model_dir, tmp_path, capsys):
+    """What a new user tries first: make a phantom, predict on the folder just made."""
+    for fmt in ("dicom", "nifti"):
+        assert main(["phantom", str(tmp_path / fmt), "--format", fmt, "--shape", "4x64x64"]) == 0
+        assert main(["predict", str(tmp_path / fmt), "--model", str(model_dir), "--out", str(tmp_path / f"p{fmt}")]) == 0
+        assert (tmp_path / f"p{fmt}" / "labels.nii.gz").is_file()
+    assert "4 slice(s)" in capsys.readouterr().out
+
+
+def test_save_reports_what_it_wrote_and_skipped(model_dir, phantom_dir, tmp_path):
+    from ichdemo.pipeline import analyze, load_model, save
+
+    vol = load_volume(phantom_dir)
+    saved = save(analyze(load_model(model_dir), vol), vol, tmp_path, formats=["nifti", "dicom-seg"], heatmaps=False)
+    assert set(saved.exported) == {"nifti"} and "dicom-seg" in saved.skipped  # NIfTI input has no DICOM UIDs
+    assert "heatmaps" not in saved.files and saved.files["labels"].is_file()
+    assert saved.report["volumes_ml"]["total"] >= 0
