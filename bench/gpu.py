@@ -6,9 +6,10 @@
 Batch 32 at 512 px under bf16 autocast and channels_last, untrained models of the bundled architectures (timing
 does not depend on the weights). Per gap backbone: forward-only throughput; our all-class heatmaps (``cam.heatmaps``:
 one forward, gradients down to the hooked layer only); pytorch-grad-cam (fp32: it converts activations to numpy, which
-has no bfloat16) and torchcam for the five classes, run the way their users run them (one call per class). The LSE-UNet (forward = heatmaps) against the gap model on the same
-encoder. Training-step throughput of the default LSE-UNet: fp32 eager against bf16 + channels_last (and with
-``torch.compile`` when asked). Times come from CUDA events, medians over repeats after warm-up calls.
+has no bfloat16) and torchcam for the five classes, run the way their users run them (one call per class). The
+LSE-UNet (forward = heatmaps) against the gap model on the same encoder. Training-step throughput of the default
+LSE-UNet: fp32 eager against bf16 + channels_last (and with ``torch.compile`` when asked). Times come from CUDA
+events, medians over repeats after warm-up calls.
 
 Figures: gpu_cam_over_forward (min over backbones; target >= 0.85), gpu_cam_over_pgc (min; target >= 50),
 gpu_lse_over_gap (target >= 0.6), gpu_train_speedup (bf16 + channels_last over fp32 eager).

@@ -30,24 +30,24 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ichdemo import hub
 from ichdemo.cam import heatmaps
+from ichdemo.inference import LoadedModel
 from ichdemo.io import load_volume
 from ichdemo.io.dicom_write import write_dicom_series
 from ichdemo.models import create_model
+from ichdemo.models.config import ModelConfig
 from ichdemo.models.registry import normalize_input
 from ichdemo.phantom import generate_phantom
-from ichdemo.inference import LoadedModel
-from ichdemo.models.config import ModelConfig
 from ichdemo.pipeline import analyze, load_model
-from ichdemo.quantify import Thresholds, volumes_ml
+from ichdemo.quantify import volumes_ml
 
 FALLBACK_MODELS = ("lse_unet_tf_efficientnet_lite0", "gap_tf_efficientnet_lite0", "gap_mobilenetv2_100")
 
@@ -73,7 +73,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": sys.version.split()[0],
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -270,7 +270,9 @@ TARGETS = {
     "gpu_cam_over_forward": (">=", 0.85, "Grad-CAM throughput / forward throughput, GPU batch 32, bf16"),
     "gpu_cam_over_pgc": (">=", 50, "ours / pytorch-grad-cam throughput, GPU"),
     "gpu_lse_over_gap": (">=", 0.6, "LSE-UNet forward+heatmaps throughput / gap forward, same encoder, GPU"),
-    "gpu_train_speedup": (">=", 1.0, "training step bf16 + channels_last / fp32 eager, GPU (no target set; 1 = no gain)"),
+    "gpu_train_speedup": (
+        ">=", 1.0, "training step bf16 + channels_last / fp32 eager, GPU (no target set; 1 = no gain)"
+    ),
     "lse_over_gap": (">=", 0.6, "LSE-UNet forward+heatmaps throughput / gap forward, same encoder"),
     "series_over_forward": ("<=", 1.3, "series end to end / (slices x forward)"),
     "peak_rss_gb": ("<=", 2.5, "peak resident memory (GB) of a fresh process running the series end to end"),

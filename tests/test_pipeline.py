@@ -66,7 +66,8 @@ def test_phantom_then_predict_in_sequence(model_dir, tmp_path, capsys):
     """What a new user tries first: make a phantom, predict on the folder just made."""
     for fmt in ("dicom", "nifti"):
         assert main(["phantom", str(tmp_path / fmt), "--format", fmt, "--shape", "4x64x64"]) == 0
-        assert main(["predict", str(tmp_path / fmt), "--model", str(model_dir), "--out", str(tmp_path / f"p{fmt}")]) == 0
+        out = str(tmp_path / f"p{fmt}")
+        assert main(["predict", str(tmp_path / fmt), "--model", str(model_dir), "--out", out]) == 0
         assert (tmp_path / f"p{fmt}" / "labels.nii.gz").is_file()
     assert "4 slice(s)" in capsys.readouterr().out
 

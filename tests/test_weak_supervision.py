@@ -45,7 +45,8 @@ validation phantoms, heatmap scale chosen there by --scale-mode compare); the wh
                     any hemorrhage 0.503; AUROC 0.995
             seed 1 (same config, --seed 1: other training phantoms too): subtype mean 0.517, any 0.538
             Same recipe with the best-validation-AUROC weights: 0.490 (seed 0), 0.507 (seed 1).
-            Earlier recipes, seed 0: 128 px, 40 heads, 14 epochs 0.297 (EDH 0.00); 192 px, 80 heads, 14 epochs, best weights 0.480;
+            Earlier recipes, seed 0: 128 px, 40 heads, 14 epochs 0.297 (EDH 0.00);
+            192 px, 80 heads, 14 epochs, best weights 0.480;
             the paper's window with HLoss and the per-image scale at 128 px 0.196.
   gap + Grad-CAM (same encoder fine-tuned, same data and 224 px, 2 epochs, 373 s, seed 0): subtype mean 0.082,
             any hemorrhage 0.047; AUROC 0.920

@@ -30,10 +30,10 @@ from ichdemo.data.series import MASK_ANY, SliceStackDataset
 from ichdemo.data.sources import DataSource, open_source
 from ichdemo.data.splits import Split
 from ichdemo.errors import ConfigError, IchdemoError, UnsupportedInputError
+from ichdemo.evaluation import Predictions, maps_to_input, predict
 from ichdemo.models import load_pretrained
 from ichdemo.models.config import ModelConfig
 from ichdemo.quantify import Thresholds
-from ichdemo.evaluation import Predictions, maps_to_input, predict
 
 
 def open_for_model(
@@ -59,7 +59,9 @@ def open_for_model(
             raise ConfigError(f"--split saved: {model_dir} has no split.json")
         missing = sorted(set(saved.part("all")) - set(source.patients))
         if missing:
-            raise ConfigError(f"--split saved: patient(s) {', '.join(missing[:5])} of the saved split are not in {spec}")
+            raise ConfigError(
+                f"--split saved: patient(s) {', '.join(missing[:5])} of the saved split are not in {spec}"
+            )
         return source, saved
     return source, saved if split_mode == "auto" and saved is not None and saved.source == spec else None
 

@@ -35,12 +35,12 @@ from ichdemo.calibrate import PAPER_GRID, grid_search_mask_thresholds
 from ichdemo.constants import CLASSES
 from ichdemo.data.series import MASK_ANY
 from ichdemo.errors import IchdemoError, UnsupportedInputError
+from ichdemo.evaluation import Predictions, dice_scores, instance_scores, label_maps, maps_to_input, predict
 from ichdemo.metrics import auroc_per_class
 from ichdemo.models import load_pretrained
 from ichdemo.models.config import ModelConfig
 from ichdemo.quantify import Thresholds
 from train.calibrate import SPLIT_HELP, open_for_model, part_dataset
-from ichdemo.evaluation import Predictions, dice_scores, instance_scores, label_maps, maps_to_input, predict
 
 
 def roc_points(pred: Predictions, thresholds: Thresholds) -> dict[str, dict]:

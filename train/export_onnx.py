@@ -16,7 +16,8 @@ import sys
 
 from ichdemo.errors import IchdemoError
 from ichdemo.models import load_pretrained
-from ichdemo.onnx_model import compare, export_onnx as export
+from ichdemo.onnx_model import compare
+from ichdemo.onnx_model import export_onnx as export
 
 
 def build_parser() -> argparse.ArgumentParser:

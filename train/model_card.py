@@ -68,7 +68,8 @@ def card(config: dict, ev: dict | None, name: str) -> str:
     machine = prov.get("machine") or {}
     t = config.get("thresholds") or {}
     w = config.get("window") or {}
-    arch = f"{config['architecture']} over {config['model_args'].get('encoder') or config['model_args'].get('backbone')}"
+    args = config["model_args"]
+    arch = f"{config['architecture']} over {args.get('encoder') or args.get('backbone')}"
     lines = [
         f"# {name}: {arch}", "", f"> {RESEARCH_NOTICE}", "",
         "Weakly supervised intracranial hemorrhage subtype model after Chen and Kuo (MIDL 2026 submission): trained "
@@ -89,7 +90,8 @@ def card(config: dict, ev: dict | None, name: str) -> str:
         f"- Command: `{prov.get('command', '?')}`",
         f"- Epochs: {prov.get('epochs')}; time {prov.get('seconds', 0) / 60:.0f} min{_resumed(prov)} on "
         f"{machine.get('gpu') or machine.get('device', '?')} "
-        f"({machine.get('cpu_threads', '?')} CPU threads, {machine.get('precision', '?')}, {machine.get('platform', '?')},"
+        f"({machine.get('cpu_threads', '?')} CPU threads, {machine.get('precision', '?')}, "
+        f"{machine.get('platform', '?')},"
         f" torch {machine.get('torch', '?')}); commit `{prov.get('git_commit', '?')}`.",
         f"- Initial weights: {config.get('init_weights') or 'none (from scratch)'}.",
         *([f"- Note: {prov['note']}."] if prov.get("note") else []), "",

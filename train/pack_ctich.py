@@ -2,9 +2,9 @@
 
 A compact copy of CT-ICH for training on a remote GPU whose upload is small (the lent device takes 64 MiB in all):
 every brain-window slice resized to ``size`` x ``size`` exactly as ``SliceStackDataset`` resizes it (``ResizeSpec``,
-area interpolation when shrinking) and re-encoded as WebP at ``quality`` (about 40 MiB for the 2471 slices at 512 px and quality 90, against 45
-MiB for JPEG at the dataset's own quality 75), in the same layout with the same CSV, so ``--data ctich:OUT`` trains
-on it unchanged. Masks are left out (training uses slice labels only); evaluation and
+area interpolation when shrinking) and re-encoded as WebP at ``quality`` (about 40 MiB for the 2471 slices at 512 px
+and quality 90, against 45 MiB for JPEG at the dataset's own quality 75), in the same layout with the same CSV, so
+``--data ctich:OUT`` trains on it unchanged. Masks are left out (training uses slice labels only); evaluation and
 calibration read the original dataset. The re-encoding is lossy: model cards of models trained on a pack say so.
 """
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html as html_lib
-import io
 from typing import Any
 
 import numpy as np

@@ -128,7 +128,8 @@ def write_prediction(
     write_text(paths["report"], json.dumps(report, indent=2) + "\n")
     if source_paths:
         paths["source"] = write_text(out / SOURCE_NAME, json.dumps({
-            "note": "local only: where predict read its input (for `ichdemo export`); may name the patient, do not share",
+            "note": "local only: where predict read its input (for `ichdemo export`); "
+                    "may name the patient, do not share",
             "paths": [str(Path(p).resolve()) for p in source_paths],
         }, indent=2) + "\n")
     if volume.source == "image":

@@ -16,8 +16,8 @@ from ichdemo.api import ScratchFolders, analyze_files
 from ichdemo.catalogue import NO_MODEL_HELP, UNTRAINED, ModelPool
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
 from ichdemo.errors import CorruptInputError, ModelError, UnsupportedInputError
-from ichdemo.quantify import volumes_ml
 from ichdemo.examples import PhantomExamples
+from ichdemo.quantify import volumes_ml
 from ichdemo.session import Session
 from ichdemo.teach import explain_slice
 from webui.text import heatmap_rows_markdown, info_markdown, status_markdown

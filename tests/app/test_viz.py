@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ichdemo import viz
-from webui.text import legend_html
 from ichdemo.constants import CLASS_COLORS, CLASSES
 from ichdemo.models.lse_unet import lse_pool as torch_lse_pool
+from webui.text import legend_html
 
 
 def test_slice_rgb_applies_the_window():

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]

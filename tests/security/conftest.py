@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+
 @dataclass
 class Sandbox:
     """A folder that ``tempfile`` uses as its root while the test runs."""

@@ -46,7 +46,8 @@ def test_checkpoint_layout_and_provenance(smoke_run):
     assert config["family"] == "lse_unet" and config["input_size"] == [3, 128, 128]
     assert config["window"]["centre"] == 80.0 and config["window"]["width"] == 200.0  # subdural
     prov = config["provenance"]
-    assert prov["command"] == shlex.join(["python", "-m", "train.train", "--config", str(SMOKE), "--out", str(smoke_run)])
+    command = ["python", "-m", "train.train", "--config", str(SMOKE), "--out", str(smoke_run)]
+    assert prov["command"] == shlex.join(command)
     assert prov["data"]["spec"] == "phantom:24" and prov["epochs"] == {"main": 8}
     assert prov["git_commit"] and prov["machine"]["device"] == "cpu" and prov["seconds"] > 0
     history = json.loads((smoke_run / "history.json").read_text())
