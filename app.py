@@ -28,7 +28,7 @@ from typing import Any
 
 import gradio as gr
 
-from ichdemo.api import ScratchFolders, analyze_files
+from ichdemo.api import ScratchFolders, analyze_files, export_files, teach_files
 from ichdemo.catalogue import NO_MODEL_HELP, ModelPool, run_models
 from ichdemo.constants import CLASS_NAMES, CLASSES, RESEARCH_NOTICE, WINDOWS
 from ichdemo.errors import IchdemoError, brief
@@ -361,6 +361,40 @@ class App:
         report, label_files = analyze_files(self.pool, paths, refs, out, given)
         return report, [str(p) for p in label_files]
 
+    def _given_thresholds(self, ref: str, class_thresholds: str, mask_thresholds: str):
+        """The model's calibrated thresholds with the ones a script gave as "a,b,c,d,e" text (empty: keep)."""
+        c = parse_thresholds(class_thresholds, "class") if str(class_thresholds or "").strip() else None
+        m = parse_thresholds(mask_thresholds, "mask") if str(mask_thresholds or "").strip() else None
+        return self.pool.infos[ref].cfg.thresholds.replace(class_thresholds=c, mask_thresholds=m)
+
+    def _one_model(self, models: str) -> str:
+        refs = self.pool.by_name(models) or self.pool.default_selection()[:1]
+        if not refs:
+            raise gr.Error(NO_MODEL_HELP, print_exception=False)
+        return refs[0]
+
+    @ui_errors
+    def export_files(
+        self, files: Any, model: str, formats: str, class_thresholds: str = "", mask_thresholds: str = ""
+    ) -> tuple[str, str]:
+        """API: files of one series, a model name (empty: the default), export formats (comma-separated) and,
+        optionally, thresholds as in /predict -> (draft zip, note on skipped formats)."""
+        ref = self._one_model(model)
+        t = self._given_thresholds(ref, class_thresholds, mask_thresholds)
+        zpath, skipped = export_files(self.pool, _upload_paths(files), ref, formats, self.scratch.new(), t)
+        note = f"Draft written for `{self.pool.infos[ref].name}`."
+        return str(zpath), note + "".join(f"\n- skipped {k}: {html.escape(v, quote=False)}" for k, v in skipped.items())
+
+    @ui_errors
+    def teach_files(self, files: Any, models: str, index: float, cls: str, r: float = 3.0) -> tuple[list, str]:
+        """API: files of one series, model names (a gap and/or an lse_unet; empty: the default LSE-UNet and the
+        first gap model), slice index, subtype and LSE sharpness r -> (pictures with captions, notes)."""
+        refs = self.pool.by_name(models) or [r for r in (self.pool.default_lse(), *self.pool.find("gap")[:1]) if r]
+        gap = next((x for x in refs if self.pool.infos[x].family == "gap"), None)
+        lse = next((x for x in refs if self.pool.infos[x].family == "lse_unet"), None)
+        view = teach_files(self.pool, _upload_paths(files), int(index or 0), cls, gap, lse, float(r or 3.0))
+        return view.maps + view.r_maps + view.hloss + view.steps, view.notes
+
 
 # --------------------------------------------------------------------------------------------- layout
 INTRO = """# ichdemo: where is the bleed, and how much?
@@ -396,8 +430,13 @@ PhysioNet, CC BY 4.0); see examples/README.md for the full attribution.
 ```python
 from gradio_client import Client, handle_file
 client = Client("http://127.0.0.1:7860/")
-report, label_maps = client.predict([handle_file("series.zip")], "model_name", api_name="/predict")
+files = [handle_file("series.zip")]
+report, label_maps = client.predict(files, "model_name", api_name="/predict")       # thresholds: "a,b,c,d,e", ...
+draft_zip, note = client.predict(files, "model_name", "nifti,dicom-seg", api_name="/export")
+pictures, notes = client.predict(files, "", 12, "IPH", 3.0, api_name="/teach")      # slice 12, subtype, r
 ```
+Each takes plain values (files, model names, numbers, "a,b,c,d,e" thresholds) and keeps nothing between calls;
+errors come back as one-line messages.
 """
 
 
@@ -568,7 +607,7 @@ def _export_section(ui: SimpleNamespace, pool: ModelPool) -> None:
         height=90,
     )
     ui.export_note = gr.Markdown(elem_id="export-note")
-    with gr.Accordion("Quick predict (also the /predict API for gradio_client)", open=False):
+    with gr.Accordion("Scripting: predict, export and teach on files (the /predict, /export, /teach API)", open=False):
         ui.api_files = gr.File(label="Files", file_count="multiple")
         default = pool.default_selection()[:1]
         ui.api_models = gr.Textbox(
@@ -578,9 +617,20 @@ def _export_section(ui: SimpleNamespace, pool: ModelPool) -> None:
         with gr.Row():
             ui.api_cls = gr.Textbox("", label="Class thresholds IPH,IVH,SAH,SDH,EDH (empty: each model's calibrated)")
             ui.api_mask = gr.Textbox("", label="Mask thresholds 0..255 (empty: each model's calibrated)")
-        ui.api_btn = gr.Button("Predict")
+        with gr.Row():
+            ui.api_formats = gr.Textbox("", label="Export formats, comma-separated (for Export; empty: none)")
+            ui.api_slice = gr.Number(0, precision=0, label="Slice (for Teach)")
+            ui.api_cls_name = gr.Dropdown(list(CLASSES), value="IPH", label="Subtype (for Teach)")
+            ui.api_r = gr.Number(3.0, label="LSE sharpness r (for Teach)")
+        with gr.Row():
+            ui.api_btn = gr.Button("Predict")
+            ui.api_export_btn = gr.Button("Export draft")
+            ui.api_teach_btn = gr.Button("Teach")
         ui.api_report = gr.JSON(label="Report")
         ui.api_labels = gr.File(label="Label maps (NIfTI, one per model)", file_count="multiple")
+        ui.api_zip = gr.File(label="Draft zip", interactive=False)
+        ui.api_teach = _gallery("Teach pictures", 4)
+        ui.api_notes = gr.Markdown()
 
 
 def _teach_tab(ui: SimpleNamespace, pool: ModelPool) -> None:
@@ -593,9 +643,7 @@ def _teach_tab(ui: SimpleNamespace, pool: ModelPool) -> None:
         ui.t_gap = gr.Dropdown(
             [(pool.infos[r].label, r) for r in gap_refs], value=(gap_refs or [None])[0], label="Grad-CAM baseline (gap)"
         )
-        ui.t_lse = gr.Dropdown(
-            [(pool.infos[r].label, r) for r in lse_refs], value=default_lse, label="LSE-UNet"
-        )
+        ui.t_lse = gr.Dropdown([(pool.infos[r].label, r) for r in lse_refs], value=default_lse, label="LSE-UNet")
         ui.t_r = gr.Slider(0.1, 50, value=3.0, step=0.1, label="LSE sharpness r to compare")
     ui.teach_btn = gr.Button("Explain the current slice of the Analyze tab", variant="primary", elem_id="teach")
     ui.t_maps = _gallery("Grad-CAM at its native grid vs the LSE-UNet map", 4, elem_id="teach-maps")
@@ -658,13 +706,14 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
         )
 
     # public endpoints
-    then_view(ui.analyze_btn.click(**analyze, api_name="analyze"))
+    then_view(ui.analyze_btn.click(**analyze, api_name="analyze", api_visibility="undocumented"))
     gr.on(
         [ui.index.input, ui.window.change, ui.mask_opacity.release, ui.heat_opacity.release, ui.native.change],
         app.render,
         view_in,
         view_out,
         api_name="render",
+        api_visibility="undocumented",
         trigger_mode="always_last",
         show_progress="hidden",
     )
@@ -674,24 +723,36 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
         [*view_in, *sliders],
         [ui.state, *view_out],
         api_name="set_thresholds",
+        api_visibility="undocumented",
         trigger_mode="always_last",
         show_progress="hidden",
     )
     then_view(
         ui.reset_btn.click(
-            app.reset_thresholds, [ui.state, ui.results_ref], [ui.state, *sliders], api_name="reset_thresholds"
+            app.reset_thresholds,
+            [ui.state, ui.results_ref],
+            [ui.state, *sliders],
+            api_name="reset_thresholds",
+            api_visibility="undocumented",
         ),
         "then",
     )
-    ui.update3d.click(app.render_3d, [ui.state, ui.results_ref], ui.plot3d, api_name="view_3d")
+    ui.update3d.click(
+        app.render_3d, [ui.state, ui.results_ref], ui.plot3d, api_name="view_3d", api_visibility="undocumented"
+    )
     ui.export_btn.click(
-        app.export, [ui.state, ui.results_ref, ui.formats], [ui.export_file, ui.export_note], api_name="export"
+        app.export,
+        [ui.state, ui.results_ref, ui.formats],
+        [ui.export_file, ui.export_note],
+        api_name="session_export",
+        api_visibility="undocumented",
     )
     ui.teach_btn.click(
         app.teach,
         [ui.state, ui.index, ui.window, ui.t_cls, ui.t_gap, ui.t_lse, ui.t_r],
         [ui.t_maps, ui.t_rmaps, ui.t_rplot, ui.t_hloss, ui.t_hnote, ui.t_steps, ui.t_notes],
-        api_name="teach",
+        api_name="session_teach",
+        api_visibility="undocumented",
         **net,
     )
     ui.api_btn.click(
@@ -701,7 +762,23 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
         api_name="predict",
         **net,
     )
-    load = ui.files.change(app.load_files, [ui.files, ui.state], load_out, api_name="load")
+    ui.api_export_btn.click(
+        app.export_files,
+        [ui.api_files, ui.api_models, ui.api_formats, ui.api_cls, ui.api_mask],
+        [ui.api_zip, ui.api_notes],
+        api_name="export",
+        **net,
+    )
+    ui.api_teach_btn.click(
+        app.teach_files,
+        [ui.api_files, ui.api_models, ui.api_slice, ui.api_cls_name, ui.api_r],
+        [ui.api_teach, ui.api_notes],
+        api_name="teach",
+        **net,
+    )
+    load = ui.files.change(
+        app.load_files, [ui.files, ui.state], load_out, api_name="load", api_visibility="undocumented"
+    )
     # chained and UI-only steps
     then_view(load.success(**analyze, **private()))
     for btn in ui.ph_buttons:

@@ -1,7 +1,8 @@
-"""The app's stateless endpoints for scripts (gradio_client): files in, results out, nothing kept.
+"""The app's stateless endpoints for scripts (gradio_client): files and plain values in, results out, nothing kept.
 
-``analyze_files`` is the pipeline over uploaded files for several models at once; ``ScratchFolders`` gives each
-call a private folder that goes once the web framework has copied the results away.
+``analyze_files`` runs the pipeline over uploaded files for several models at once, ``export_files`` writes the
+draft zip of one model, ``teach_files`` the Teach tab's pictures of one slice. ``ScratchFolders`` gives each call a
+private folder that goes once the web framework has copied the results away.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ class ScratchFolders:
         self.sweep(0.0)
 
 
+def _series(paths: Sequence[str | Path]):
+    from ichdemo.io import load_volume
+
+    if not paths:
+        raise UnsupportedInputError("empty upload: choose DICOM files, a .zip, a NIfTI or PNG/JPG images")
+    return load_volume([str(p) for p in paths])
+
+
 def analyze_files(
     pool: ModelPool,
     paths: Sequence[str | Path],
@@ -73,12 +82,9 @@ def analyze_files(
     Returns:
         ``{"notice", "ichdemo_version", "models": {name: report}}`` and the label map files.
     """
-    from ichdemo.io import load_volume
     from ichdemo.pipeline import save
 
-    if not paths:
-        raise UnsupportedInputError("empty upload: choose DICOM files, a .zip, a NIfTI or PNG/JPG images")
-    vol = load_volume([str(p) for p in paths])
+    vol = _series(paths)
     refs = list(refs) or pool.default_selection()[:1]
     out, files, reports = Path(out_dir), [], {}
     for ref, analysis in run_models(pool, refs, vol).items():
@@ -89,3 +95,41 @@ def analyze_files(
         files.append(dest)
         reports[analysis.model] = saved.report
     return {"notice": RESEARCH_NOTICE, "ichdemo_version": __version__, "models": reports}, files
+
+
+def export_files(
+    pool: ModelPool,
+    paths: Sequence[str | Path],
+    ref: str,
+    formats: Sequence[str],
+    out_dir: str | Path,
+    thresholds: Thresholds | None = None,
+) -> tuple[Path, dict[str, str]]:
+    """The draft zip (``ichdemo.pipeline.save_draft``) of one model over uploaded files.
+
+    Returns:
+        (the zip, {format: why it was skipped}).
+    """
+    from ichdemo.export import parse_formats
+    from ichdemo.pipeline import save_draft
+
+    names = parse_formats(formats) if formats else []
+    vol = _series(paths)
+    analysis = run_models(pool, [ref], vol)[ref]
+    zpath = Path(out_dir) / f"ichdemo-draft-{safe_name(analysis.model)[:60]}.zip"
+    return zpath, save_draft(analysis, vol, zpath, thresholds, names).skipped
+
+
+def teach_files(
+    pool: ModelPool,
+    paths: Sequence[str | Path],
+    index: int,
+    cls: str,
+    gap_ref: str | None,
+    lse_ref: str | None,
+    r: float = 3.0,
+):
+    """The Teach tab's pictures (``ichdemo.teach.explain_slice``) of slice ``index`` of uploaded files."""
+    from ichdemo.teach import explain_slice
+
+    return explain_slice(pool, _series(paths), index, cls, gap_ref, lse_ref, r_values=(0.3, float(r), 30.0))

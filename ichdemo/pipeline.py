@@ -36,7 +36,7 @@ from ichdemo.quantify import Thresholds, abc2_ml, algorithm1, scale_heatmaps, vo
 from ichdemo.transforms import ResizeSpec, prepare
 from ichdemo.volume import Volume
 
-__all__ = ["Analysis", "Saved", "analyze", "load_model", "maps_on_grid", "save"]
+__all__ = ["Analysis", "Saved", "analyze", "load_model", "maps_on_grid", "save", "save_draft"]
 
 Progress = Callable[[int, int], None]
 """Called with (slices done, slices in all) while the network runs."""
@@ -185,4 +185,30 @@ def save(
         done = export(labels, volume, list(formats), Path(export_dir or out_dir), model_info=analysis.model_info,
                       thresholds=t, keep_phi=keep_phi, name=name or EXPORT_NAME, skip_unsupported=True)
         saved.exported, saved.skipped = dict(done), done.skipped
+    return saved
+
+
+def save_draft(
+    analysis: Analysis,
+    volume: Volume,
+    zpath: str | Path,
+    thresholds: Thresholds | None = None,
+    formats: Sequence[str] = (),
+) -> Saved:
+    """The draft zip an annotator downloads: ``prediction/`` (the predict folder), ``formats/`` (the requested
+    export formats, with export.json) and DRAFT.txt (model, version, thresholds, "not reviewed").
+
+    Args:
+        zpath: the zip to write; its folder holds the work files meanwhile.
+    """
+    import secrets
+
+    from ichdemo.export.draft import draft_stamp, zip_folder
+
+    zpath = Path(zpath)
+    work = zpath.parent / f".{zpath.stem}-{secrets.token_hex(4)}"
+    t = thresholds or analysis.thresholds
+    saved = save(analysis, volume, work / "prediction", t, formats, export_dir=work / "formats", name="labels")
+    (work / "DRAFT.txt").write_text(draft_stamp(analysis.model_info, t, list(saved.exported), saved.skipped))
+    zip_folder(work, zpath)
     return saved

@@ -314,16 +314,11 @@ class Session:
         Returns:
             (the zip, {format: why it was skipped} for requested formats this input cannot have).
         """
-        from ichdemo.export.draft import draft_stamp, zip_folder
-        from ichdemo.pipeline import save
+        from ichdemo.pipeline import save_draft
 
         a, vol = self.require_analysis(ref), self.require_volume()
-        t = self.thresholds.get(ref, a.thresholds)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        work = self.folder / f"export-{stamp}-{secrets.token_hex(4)}"
-        saved = save(a, vol, work / "prediction", t, list(formats), export_dir=work / "formats", name="labels")
-        (work / "DRAFT.txt").write_text(draft_stamp(a.model_info, t, list(saved.exported), saved.skipped))
-        zpath = zip_folder(work, self.folder / f"ichdemo-draft-{safe_name(a.model)[:60]}-{stamp}.zip")
+        zpath = self.folder / f"ichdemo-draft-{safe_name(a.model)[:60]}-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+        saved = save_draft(a, vol, zpath, self.thresholds.get(ref, a.thresholds), list(formats))
         if zpath not in self._drafts:  # a second export in the same second rewrites the same name
             self._drafts.append(zpath)
         while len(self._drafts) > KEEP_DRAFTS:  # older drafts were served (copied away) already

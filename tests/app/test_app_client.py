@@ -29,21 +29,14 @@ def _view(client, refs, ref, index=4):
 
 
 def test_named_endpoints(client):
+    """The documented API is the stateless one (plain values in); the session's steps stay callable, undocumented."""
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    for name in (
-        "/load",
-        "/analyze",
-        "/render",
-        "/set_thresholds",
-        "/reset_thresholds",
-        "/export",
-        "/teach",
-        "/predict",
-        "/view_3d",
-    ):
-        assert name in api, name
-    params = [p["parameter_name"] for p in api["/set_thresholds"]["parameters"]]
-    assert params[-10:] == ["c_iph", "c_ivh", "c_sah", "c_sdh", "c_edh", "m_iph", "m_ivh", "m_sah", "m_sdh", "m_edh"]
+    assert set(api) == {"/predict", "/export", "/teach"}
+    params = {name: [p["parameter_name"] for p in api[name]["parameters"]] for name in api}
+    assert params["/predict"] == ["files", "models", "class_thresholds", "mask_thresholds"]
+    assert params["/export"] == ["files", "model", "formats", "class_thresholds", "mask_thresholds"]
+    assert params["/teach"] == ["files", "models", "index", "cls", "r"]
+    # the session steps (/load, /analyze, /render, /set_thresholds, /session_export...) are called in the tests below
 
 
 def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
@@ -77,7 +70,7 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
     assert total_ml > 0
     assert not np.array_equal(_png(closed[0]), _png(opened[0]))  # the overlay follows the thresholds
 
-    zpath, note = client.predict(tiny_models["lse"], ["nifti"], api_name="/export")
+    zpath, note = client.predict(tiny_models["lse"], ["nifti"], api_name="/session_export")
     assert "lse_tiny" in note
     with zipfile.ZipFile(zpath) as zf:
         names = set(zf.namelist())
@@ -94,10 +87,26 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
 
 def test_teach_endpoint(client, tiny_models):
     maps, rmaps, _, _, note, steps, notes = client.predict(
-        3, "paper", "IPH", tiny_models["gap"], tiny_models["lse"], 3.0, api_name="/teach"
+        3, "paper", "IPH", tiny_models["gap"], tiny_models["lse"], 3.0, api_name="/session_teach"
     )
     assert len(maps) == 4 and len(rmaps) == 3 and len(steps) == 6
     assert "HLoss" in note and "UNTRAINED" in notes
+
+
+def test_stateless_export_and_teach(client, phantom_series):
+    files = [handle_file(str(f)) for f in phantom_series[0]]
+    zpath, note = client.predict(files, "lse_tiny", "nifti,dicom-seg", "0,0,0,0,0", "25,25,25,25,25",
+                                 api_name="/export")
+    assert "lse_tiny" in note
+    with zipfile.ZipFile(zpath) as zf:
+        names = set(zf.namelist())
+        report = json.loads(zf.read("prediction/report.json"))
+    assert any(n.startswith("formats/nifti/") for n in names) and any(n.startswith("formats/dicom-seg/") for n in names)
+    assert report["thresholds"]["mask_thresholds"] == [25.0] * 5
+    pictures, notes = client.predict(files, "gap_tiny,lse_tiny", 3, "SDH", 3.0, api_name="/teach")
+    assert len(pictures) == 4 + 3 + 6 and "LSE-UNet (lse_tiny)" in notes and "Grad-CAM (gap_tiny)" in notes
+    with pytest.raises(AppError, match="unknown export format"):
+        client.predict(files, "lse_tiny", "nope", api_name="/export")
 
 
 def test_predict_endpoint_returns_report_and_label_maps(client, phantom_series):

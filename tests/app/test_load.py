@@ -213,7 +213,7 @@ def session_round(url: str, up: Upload, model: str) -> dict[str, float]:
         overlay, table = view[0], view[-1]
         assert cv2.imread(overlay).shape[:2] == (rows, cols)
         total = float(table["data"][-1][1])
-        zpath, note = c.predict(model, ["dicom-seg"], api_name="/export")
+        zpath, note = c.predict(model, ["dicom-seg"], api_name="/session_export")
         assert "Draft written" in note and "skipped" not in note, note
         return check_export(zpath, up, total, model)
     finally:
