@@ -219,23 +219,29 @@ class App:
         mask_opacity: float,
         heat_opacity: float,
         native: bool,
+        refine: bool = True,
     ) -> tuple:
-        """Overlay, legend, heatmap panels, agreement and results for the current slice (no network)."""
+        """Overlays (refined unless ``refine`` is off, and the paper's raw Algorithm 1 beside it), legend, heatmap
+        panels, agreement and results for the current slice (no network)."""
         s = _session(state)
         if s.volume is None:
-            return (None, legend_html(), [], "", None, [], None, [])
+            return (None, None, legend_html(), [], "", None, [], None, [])
+        s.refined = bool(refine)
         run = [r for r in _refs(refs) if r in s.analyses]
         ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
         i = s.clamp_index(index)
         overlay = s.overlay(ref, i, window, mask_opacity)
+        raw = s.overlay(ref, i, window, mask_opacity, refined=False) if ref and s.refined else None
         panels = s.heatmap_panels(run, i, window, heat_opacity, native)
         agree, rows = s.agreement(run, i, window)
         rows_md = heatmap_rows_markdown(s.heatmap_rows(run), s.volume)
         if ref is None:
-            return (overlay, legend_html(), panels, rows_md, agree, rows, None, [])
+            return (overlay, raw, legend_html(), panels, rows_md, agree, rows, None, [])
         res = s.results(ref, i)
-        legend = legend_html(res.volumes_ml, res.present)
-        return (overlay, legend, panels, rows_md, agree, rows, res.figure, res.rows)
+        legend = legend_html(res.volumes_ml, res.present) + "".join(
+            f'<div class="ich-warning">⚠ {html.escape(w, quote=False)}</div>' for w in res.warnings
+        )
+        return (overlay, raw, legend, panels, rows_md, agree, rows, res.figure, res.rows)
 
     @ui_errors
     def render_3d(self, state: Session | None, results_ref: str | None):
@@ -257,23 +263,16 @@ class App:
         mask_opacity: float,
         heat_opacity: float,
         native: bool,
-        c_iph: float,
-        c_ivh: float,
-        c_sah: float,
-        c_sdh: float,
-        c_edh: float,
-        m_iph: float,
-        m_ivh: float,
-        m_sah: float,
-        m_sdh: float,
-        m_edh: float,
+        refine: bool,
+        *values: float,
     ) -> tuple:
-        """Class thresholds c_* and mask thresholds m_* (IPH, IVH, SAH, SDH, EDH) for the results model:
-        re-threshold the cached heatmaps (no network) and render the view again."""
+        """The ten threshold sliders (class thresholds IPH..EDH, then mask thresholds IPH..EDH) for the results
+        model: re-threshold the cached heatmaps (no network) and render the view again."""
         s = _session(state)
         if results_ref and results_ref in s.analyses:
-            s.set_thresholds(results_ref, (c_iph, c_ivh, c_sah, c_sdh, c_edh), (m_iph, m_ivh, m_sah, m_sdh, m_edh))
-        return (s, *self.render(s, refs, results_ref, index, window, mask_opacity, heat_opacity, native))
+            s.set_thresholds(results_ref, values[:5], values[5:])
+        view = (refs, results_ref, index, window, mask_opacity, heat_opacity, native, refine)
+        return (s, *self.render(s, *view))
 
     @ui_errors
     def reset_thresholds(self, state: Session | None, results_ref: str | None) -> tuple:
@@ -519,19 +518,33 @@ def _viewer_column(ui: SimpleNamespace) -> None:
         ui.window = gr.Dropdown(
             list(WINDOWS), value="paper", label="Window", scale=1, info="display only; models use their own window"
         )
+    ui.refine = gr.Checkbox(
+        True,
+        label="Refine the drafts with the CT: keep the model's blood where the density is blood, inside the skull "
+        "(off: the paper's raw Algorithm 1 alone)",
+        elem_id="refine",
+    )
     with gr.Row():
         ui.overlay = gr.Image(
-            label="Subtype mask (results model)",
+            label="Draft (results model)",
             format="png",
             interactive=False,
-            height=440,
+            height=380,
             elem_id="overlay",
             buttons=["download", "fullscreen"],
+        )
+        ui.raw_overlay = gr.Image(
+            label="The paper's raw Algorithm 1, same thresholds (for comparison)",
+            format="png",
+            interactive=False,
+            height=380,
+            elem_id="raw-overlay",
+            buttons=["fullscreen"],
         )
         ui.agree = gr.Image(
             label="Agreement between the chosen models",
             format="png",
-            height=440,
+            height=380,
             interactive=False,
             elem_id="agreement",
             buttons=["fullscreen"],
@@ -688,8 +701,14 @@ def _layout(pool: ModelPool) -> SimpleNamespace:
 def _wire(ui: SimpleNamespace, app: App) -> None:
     """Events. Public endpoints (api_name) first so that they keep their plain names; chained steps are private."""
     sliders = ui.cls_sliders + ui.mask_sliders
-    view_in = [ui.state, ui.models, ui.results_ref, ui.index, ui.window, ui.mask_opacity, ui.heat_opacity, ui.native]
-    view_out = [ui.overlay, ui.legend, ui.gallery, ui.heat_rows, ui.agree, ui.agree_table, ui.curves, ui.table]
+    view_in = [
+        *[ui.state, ui.models, ui.results_ref, ui.index, ui.window],
+        *[ui.mask_opacity, ui.heat_opacity, ui.native, ui.refine],
+    ]
+    view_out = [
+        *[ui.overlay, ui.raw_overlay, ui.legend, ui.gallery, ui.heat_rows],
+        *[ui.agree, ui.agree_table, ui.curves, ui.table],
+    ]
     load_out = [ui.state, ui.info, ui.index, ui.results_ref, ui.status]
     net = {"concurrency_id": "network", "concurrency_limit": 1}
     analyze = {
@@ -708,7 +727,10 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
     # public endpoints
     then_view(ui.analyze_btn.click(**analyze, api_name="analyze", api_visibility="undocumented"))
     gr.on(
-        [ui.index.input, ui.window.change, ui.mask_opacity.release, ui.heat_opacity.release, ui.native.change],
+        [
+            *[ui.index.input, ui.window.change, ui.mask_opacity.release, ui.heat_opacity.release],
+            *[ui.native.change, ui.refine.change],
+        ],
         app.render,
         view_in,
         view_out,
@@ -827,6 +849,7 @@ def launch_options(max_file_size: str | int | None = MAX_FILE_SIZE) -> dict[str,
         "max_file_size": max_file_size,
         "allowed_paths": [str(EXAMPLES_DIR)],
         "footer_links": ["api", "settings"],
+        "show_error": True,  # API clients get the one-line message of a failed call, not a generic error
         "app_kwargs": {"lifespan": server_lifespan},
     }
 

@@ -197,6 +197,7 @@ class AnnotateConfig:
         keep_phi: keep patient name, ID and birth date in DICOM SEG exports (default: de-identified).
         keep_heatmaps: keep predict's heatmaps.npz (large; off by default).
         threads: torch CPU threads per worker process (0: leave torch's default).
+        refined: refine Algorithm 1's drafts with the CT's densities (``ichdemo.refine``); False: raw Algorithm 1.
     """
 
     model: str
@@ -208,6 +209,7 @@ class AnnotateConfig:
     keep_phi: bool = False
     keep_heatmaps: bool = False
     threads: int = 0
+    refined: bool = True
 
 
 @dataclass
@@ -277,7 +279,8 @@ def _write_series(item: SeriesItem, lm, cfg: AnnotateConfig, tmp: Path) -> dict[
     t0 = time.monotonic()
     volume = load_volume(list(item.paths) if item.kind == "dicom" else item.paths[0])
     saved = save(analyze(lm, volume, batch_size=cfg.batch_size), volume, tmp, _thresholds(lm, cfg), cfg.formats,
-                 source_paths=list(item.paths), heatmaps=cfg.keep_heatmaps, keep_phi=cfg.keep_phi, name=item.name)
+                 source_paths=list(item.paths), heatmaps=cfg.keep_heatmaps, keep_phi=cfg.keep_phi, name=item.name,
+                 refined=cfg.refined)
     row = _success_row(item, volume, saved.report["volumes_ml"], saved.skipped, time.monotonic() - t0)
     write_text(tmp / RECORD, json.dumps(row, indent=2) + "\n")
     return row

@@ -63,7 +63,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         _check_formats(formats, vol, inp)
         target = out if len(args.inputs) == 1 else out / name
         saved = save(analyze(lm, vol, batch_size=args.batch_size), vol, target, thresholds, formats,
-                     source_paths=[inp], keep_phi=args.keep_phi)
+                     source_paths=[inp], keep_phi=args.keep_phi, refined=args.refine != "none")
         vols = ", ".join(f"{k} {v:.2f} mL" for k, v in saved.report["volumes_ml"].items())
         print(f"{inp}: {vol.shape[0]} slice(s) -> {target} ({vols})")
         _print_exported(saved.exported, saved.skipped)
@@ -133,6 +133,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         keep_phi=args.keep_phi,
         keep_heatmaps=args.keep_heatmaps,
         threads=args.threads,
+        refined=args.refine != "none",
     )
     res = run(args.input_root, args.output_root, cfg, workers=args.workers, retry_failed=args.retry_failed,
               progress=not args.no_progress)
@@ -160,6 +161,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+_REFINE_HELP = ("model: refine Algorithm 1's drafts with the CT's blood density inside the skull, with the model's "
+                "settings (default); none: the paper's raw Algorithm 1")
 _FORMATS_HELP = "export formats: nifti, dicom-seg, seg-nrrd, cvat, labelstudio, coco, overlay, or all"
 
 
@@ -193,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     pr.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                     help="run the network in PyTorch or on ONNX Runtime (exported and cached on first use)")
+    pr.add_argument("--refine", choices=("model", "none"), default="model", help=_REFINE_HELP)
     pr.add_argument("--format", help=f"also export: comma-separated {_FORMATS_HELP}")
     pr.add_argument("--keep-phi", action="store_true", help="keep patient name/ID/birth date in DICOM SEG exports")
     pr.set_defaults(func=_cmd_predict)
@@ -214,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--class-thresholds", help="5 comma-separated probabilities (IPH,IVH,SAH,SDH,EDH) in [0, 1]")
     an.add_argument("--mask-thresholds", help="5 comma-separated heatmap levels (IPH,IVH,SAH,SDH,EDH) in [0, 255]")
     an.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
+    an.add_argument("--refine", choices=("model", "none"), default="model", help=_REFINE_HELP)
     an.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK / cuda / cpu)")
     an.add_argument("--keep-phi", action="store_true", help="keep patient name/ID/birth date in DICOM SEG exports")
     an.add_argument("--keep-heatmaps", action="store_true", help="keep heatmaps.npz per series (large)")

@@ -7,8 +7,9 @@ so a threshold calibrated in training means the same in the app.
 1. ``analyze(lm, volume)``: windows the volume with the model's window, stacks 3 slices, letterboxes to the
    model's input (``ichdemo.transforms.prepare``), runs the network once (``LoadedModel.run``), scales the heatmaps
    to 0..255 and maps them back onto the source grid (``maps_on_grid``). Returns an in-memory ``Analysis``.
-2. ``Analysis.labels(thresholds)``: Algorithm 1 on the cached heatmaps; cheap, so the app re-runs it on every slider
-   move without the network.
+2. ``Analysis.labels(thresholds)``: Algorithm 1 on the cached heatmaps, then the refinement that keeps the draft's
+   blood where the CT shows blood inside the skull (``ichdemo.refine``; ``refine=False`` gives the paper's raw
+   Algorithm 1). Cheap, so the app re-runs it on every slider move without the network.
 3. ``save(analysis, volume, out_dir, formats=...)``: writes the predict folder and the requested export formats, and
    returns what it wrote and what it skipped (``Saved``).
 
@@ -33,6 +34,7 @@ from ichdemo import __version__
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
 from ichdemo.inference import LoadedModel, load_model
 from ichdemo.quantify import Thresholds, abc2_ml, algorithm1, scale_heatmaps, volumes_ml
+from ichdemo.refine import Anatomy, RefineParams, RefineResult, anatomy, refine
 from ichdemo.transforms import ResizeSpec, prepare
 from ichdemo.volume import Volume
 
@@ -40,6 +42,9 @@ __all__ = ["Analysis", "Saved", "analyze", "load_model", "maps_on_grid", "save",
 
 Progress = Callable[[int, int], None]
 """Called with (slices done, slices in all) while the network runs."""
+MAX_INTRACRANIAL_ML = 2000.0
+"""More than any adult skull holds (about 1200-1700 mL): a hemorrhage volume above it, or above the intracranial
+volume the refinement measured, says the spacing is wrong, not that the bleed is that large."""
 
 
 def maps_on_grid(native: np.ndarray, thresholds: Thresholds, spec: ResizeSpec, nearest: bool = False) -> np.ndarray:
@@ -58,7 +63,7 @@ def maps_on_grid(native: np.ndarray, thresholds: Thresholds, spec: ResizeSpec, n
 
 @dataclass
 class Analysis:
-    """What the network said about one series; thresholds are applied on demand.
+    """What the network said about one series; thresholds and refinement are applied on demand.
 
     Attributes:
         model: name of the model that produced it.
@@ -68,6 +73,8 @@ class Analysis:
         spacing: (slice, row, col) mm of the source grid.
         thresholds: the model's calibrated thresholds (the default for ``labels``).
         model_info: ``LoadedModel.describe()``.
+        hu: (S, H, W) the series in HU (the volume's own array, not a copy), for the refinement; None disables it.
+        refine_params: the model's refinement settings.
     """
 
     model: str
@@ -77,24 +84,58 @@ class Analysis:
     spacing: tuple[float, float, float]
     thresholds: Thresholds
     model_info: dict[str, Any] = field(default_factory=dict)
+    hu: np.ndarray | None = field(default=None, repr=False)
+    refine_params: RefineParams = field(default_factory=RefineParams)
+    _anatomy: Anatomy | None = field(default=None, repr=False)
 
-    def labels(self, thresholds: Thresholds | None = None) -> np.ndarray:
-        """(S, H, W) uint8 label map by Algorithm 1 (0 normal, k = CLASSES[k-1]); cheap, no network."""
+    @property
+    def anatomy(self) -> Anatomy | None:
+        """The series' intracranial mask and blood band (computed once; None without HU)."""
+        if self._anatomy is None and self.hu is not None:
+            self._anatomy = anatomy(self.hu, self.spacing, self.refine_params)
+        return self._anatomy
+
+    def refinement(self, thresholds: Thresholds | None = None) -> RefineResult | None:
+        """The refinement of Algorithm 1's labels under ``thresholds`` (None without HU)."""
+        if self.hu is None:
+            return None
         t = thresholds or self.thresholds
+        raw = algorithm1(self.probs, self.maps255, t.class_thresholds, t.mask_thresholds)
+        return refine(self.hu, self.probs, self.maps255, raw, t.class_thresholds, self.spacing, self.refine_params,
+                      known=self.anatomy)
+
+    def labels(self, thresholds: Thresholds | None = None, refined: bool = True) -> np.ndarray:
+        """(S, H, W) uint8 label map (0 normal, k = CLASSES[k-1]): Algorithm 1, refined unless ``refined`` is False
+        (or the analysis has no HU); cheap, no network."""
+        t = thresholds or self.thresholds
+        if refined and self.hu is not None:
+            return self.refinement(t).labels
         return algorithm1(self.probs, self.maps255, t.class_thresholds, t.mask_thresholds)
 
-    def report(self, labels: np.ndarray, thresholds: Thresholds | None = None, volume: Volume | None = None) -> dict:
-        """JSON-ready report: per-slice probabilities, thresholds, volumes (mL) and ABC/2, model and notice."""
+    def report(
+        self, labels: np.ndarray, thresholds: Thresholds | None = None, volume: Volume | None = None,
+        refined: bool = True,
+    ) -> dict:
+        """JSON-ready report: per-slice probabilities, thresholds, volumes (mL) and ABC/2, how the drafts were made,
+        warnings about implausible volumes, model and notice."""
         t = thresholds or self.thresholds
+        ml = volumes_ml(labels, self.spacing)
+        head = self.anatomy.intracranial_ml if self.anatomy is not None else None
         rep = {
             "notice": RESEARCH_NOTICE,
             "ichdemo_version": __version__,
             "model": self.model_info,
             "thresholds": t.to_dict(),
+            "drafts": {
+                "method": "refined" if refined and self.hu is not None else "algorithm1",
+                "refine": self.refine_params.to_dict() if refined and self.hu is not None else None,
+                "intracranial_ml": None if head is None else round(head, 2),
+            },
             "classes": list(CLASSES),
             "spacing_mm": list(self.spacing),
-            "volumes_ml": volumes_ml(labels, self.spacing),
+            "volumes_ml": ml,
             "abc2_ml": abc2_ml(labels, self.spacing),
+            "warnings": implausible_volumes(ml, head, volume.spacing_assumed if volume is not None else False),
             "slices": [
                 {"index": i, "probabilities": {c: round(float(p), 5) for c, p in zip(CLASSES, row)},
                  "present": [c for c, p, thr in zip(CLASSES, row, t.class_thresholds) if p > thr]}
@@ -104,6 +145,22 @@ class Analysis:
         if volume is not None:
             rep["input"] = volume.summary()
         return rep
+
+
+def implausible_volumes(ml: dict[str, float], intracranial_ml: float | None, spacing_assumed: bool) -> list[str]:
+    """Warnings for hemorrhage volumes no head can hold: above the measured intracranial volume, or above
+    ``MAX_INTRACRANIAL_ML`` (and an intracranial volume outside an adult range says the spacing is off)."""
+    out = []
+    total = float(ml.get("total", sum(v for k, v in ml.items() if k in CLASSES)))
+    why = " (the spacing was assumed: set the true pixel spacing)" if spacing_assumed else ""
+    if intracranial_ml is not None and intracranial_ml > 0 and total > intracranial_ml:
+        out.append(f"hemorrhage volume {total:.0f} mL exceeds the intracranial volume {intracranial_ml:.0f} mL: "
+                   f"not plausible{why}")
+    elif total > MAX_INTRACRANIAL_ML:
+        out.append(f"hemorrhage volume {total:.0f} mL exceeds what a skull holds: not plausible{why}")
+    if intracranial_ml is not None and intracranial_ml > MAX_INTRACRANIAL_ML:
+        out.append(f"intracranial volume {intracranial_ml:.0f} mL is larger than any head: volumes are off{why}")
+    return out
 
 
 def analyze(
@@ -123,7 +180,8 @@ def analyze(
     out = lm.run(x, batch_size, method, progress=(lambda done: progress(done, total)) if progress else None)
     t = lm.thresholds
     maps255 = maps_on_grid(out.native, t, spec)
-    return Analysis(lm.name, out.probs, maps255, out.native.astype(np.float16), vol.spacing, t, lm.describe())
+    return Analysis(lm.name, out.probs, maps255, out.native.astype(np.float16), vol.spacing, t, lm.describe(),
+                    None if vol.prewindowed else vol.data, lm.cfg.refine)
 
 
 @dataclass
@@ -157,6 +215,7 @@ def save(
     heatmaps: bool = True,
     keep_phi: bool = False,
     name: str | None = None,
+    refined: bool = True,
 ) -> Saved:
     """Write the predict folder (labels.nii.gz, report.json, heatmaps.npz, label PNGs for images) and ``formats``.
 
@@ -171,13 +230,14 @@ def save(
         keep_phi: keep patient name, ID and birth date in DICOM SEG.
         name: series name in export file names (default the neutral "draft": an input's own name may be the
             patient's).
+        refined: refine Algorithm 1's drafts (``Analysis.labels``); False writes the paper's raw Algorithm 1.
     """
     from ichdemo.export import export
     from ichdemo.export.predictions import EXPORT_NAME, write_prediction
 
     t = thresholds or analysis.thresholds
-    labels = analysis.labels(t)
-    report = analysis.report(labels, t, volume)
+    labels = analysis.labels(t, refined)
+    report = analysis.report(labels, t, volume, refined)
     files = write_prediction(out_dir, volume, labels, report, analysis.maps255 if heatmaps else None,
                              analysis.probs, list(source_paths) if source_paths else None)
     saved = Saved(labels, report, files)
@@ -194,6 +254,7 @@ def save_draft(
     zpath: str | Path,
     thresholds: Thresholds | None = None,
     formats: Sequence[str] = (),
+    refined: bool = True,
 ) -> Saved:
     """The draft zip an annotator downloads: ``prediction/`` (the predict folder), ``formats/`` (the requested
     export formats, with export.json) and DRAFT.txt (model, version, thresholds, "not reviewed").
@@ -208,7 +269,8 @@ def save_draft(
     zpath = Path(zpath)
     work = zpath.parent / f".{zpath.stem}-{secrets.token_hex(4)}"
     t = thresholds or analysis.thresholds
-    saved = save(analysis, volume, work / "prediction", t, formats, export_dir=work / "formats", name="labels")
+    saved = save(analysis, volume, work / "prediction", t, formats, export_dir=work / "formats", name="labels",
+                 refined=refined)
     (work / "DRAFT.txt").write_text(draft_stamp(analysis.model_info, t, list(saved.exported), saved.skipped))
     zip_folder(work, zpath)
     return saved

@@ -262,6 +262,35 @@ class RefineResult:
     params: RefineParams = field(default_factory=RefineParams)
 
 
+@dataclass
+class Anatomy:
+    """What refinement needs of a series that no threshold changes: computed once per series (``anatomy``), so that
+    re-thresholding (a slider move in the app) only redoes the per-slice region work.
+
+    Attributes:
+        inside: (S, H, W) bool intracranial mask.
+        skull: (bone, air) thresholds in HU (``skull_threshold``).
+        band: the blood density band in HU (``blood_band``).
+        intracranial_ml: the mask's volume in mL.
+    """
+
+    inside: np.ndarray
+    skull: tuple[float, float]
+    band: tuple[float, float]
+    intracranial_ml: float
+
+
+def anatomy(hu: Any, spacing: Any, params: RefineParams | None = None) -> Anatomy:
+    """The threshold-independent part of ``refine`` for a series (see ``Anatomy``)."""
+    params = params or RefineParams()
+    hu = _as_volume(hu)
+    row_mm, col_mm = _in_plane_mm(spacing)
+    skull = skull_threshold(hu, params)
+    inside = _intracranial(hu, float(np.sqrt(row_mm * col_mm)), skull, params)
+    ml = float(np.count_nonzero(inside)) * float(np.prod(np.asarray(spacing, float))) / 1000.0
+    return Anatomy(inside, skull, blood_band(hu, inside, skull[0], params), ml)
+
+
 # ----------------------------------------------------------------------------------------------------- helpers
 
 
@@ -709,6 +738,7 @@ def refine(
     class_thresholds: Any,
     spacing: Any,
     params: RefineParams | None = None,
+    known: Anatomy | None = None,
 ) -> RefineResult:
     """Refine Algorithm 1's draft with the CT's densities: blood-density regions inside the skull that the model
     supports, typed by anatomy and heatmap mass (module docstring; ``subtype_rule`` for the typing).
@@ -721,6 +751,7 @@ def refine(
         class_thresholds: (5,) c_k; a subtype is gated on a slice when its probability exceeds c_k.
         spacing: (slice, row, col) mm.
         params: settings (defaults when None).
+        known: the series' ``anatomy`` (with the same ``params``) when already computed.
 
     Returns:
         ``RefineResult`` with the refined labels, the intracranial mask, its volume and the kept regions.
@@ -732,9 +763,8 @@ def refine(
     params = params or RefineParams()
     hu, probs, maps, raw, c = _check_inputs(hu, probs, maps255, raw_labels, class_thresholds)
     row_mm, col_mm = _in_plane_mm(spacing)
-    thresholds = skull_threshold(hu, params)
-    inside = _intracranial(hu, float(np.sqrt(row_mm * col_mm)), thresholds, params)
-    band = blood_band(hu, inside, thresholds[0], params)
+    known = known or anatomy(hu, spacing, params)
+    inside, band = known.inside, known.band
     gate = probs > c[None, :]
     labels = np.zeros(hu.shape, np.uint8)
     regions: list[Region] = []
@@ -747,5 +777,4 @@ def refine(
         if out is not None:
             labels[s][box] = out
             regions += found
-    ml = float(np.count_nonzero(inside)) * float(np.prod(np.asarray(spacing, float))) / 1000.0
-    return RefineResult(labels, inside, ml, band, regions, params)
+    return RefineResult(labels, inside, known.intracranial_ml, band, regions, params)

@@ -33,7 +33,7 @@ from ichdemo.catalogue import NO_MODEL_HELP, ModelPool, Progress, run_models
 from ichdemo.constants import CLASSES
 from ichdemo.errors import UnsupportedInputError
 from ichdemo.export.images import safe_name
-from ichdemo.pipeline import maps_on_grid
+from ichdemo.pipeline import implausible_volumes, maps_on_grid
 from ichdemo.quantify import Thresholds, abc2_ml, volumes_ml
 from ichdemo.transforms import ResizeSpec
 from ichdemo.volume import Volume
@@ -52,6 +52,7 @@ class ResultsView:
     volumes_ml: dict[str, float]
     abc2_ml: dict[str, float]
     present: list[str]
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -62,14 +63,17 @@ class Session:
         volume: the loaded series, or None.
         analyses: ``Analysis`` per model reference (network output, cached for the series).
         thresholds: the thresholds in force per model reference (calibrated until the user moves a slider).
+        refined: drafts refined with the CT's densities (``ichdemo.refine``); False shows the paper's raw
+            Algorithm 1.
         base_dir: parent of the session's temp folder (default: the system temp folder).
     """
 
     volume: Volume | None = None
     analyses: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, Thresholds] = field(default_factory=dict)
+    refined: bool = True
     base_dir: str | None = None
-    _labels: dict[str, tuple[Thresholds, np.ndarray]] = field(default_factory=dict, repr=False)
+    _labels: dict[tuple[str, bool], tuple[Thresholds, np.ndarray]] = field(default_factory=dict, repr=False)
     _memo: dict[tuple, Any] = field(default_factory=dict, repr=False)  # series-wide numbers per thresholds
     _folder: Path | None = field(default=None, repr=False)
     _drafts: list[Path] = field(default_factory=list, repr=False)  # export zips in the folder, oldest first
@@ -182,27 +186,32 @@ class Session:
         self.thresholds[ref] = self.require_analysis(ref).thresholds
         return self.thresholds[ref]
 
-    def labels(self, ref: str) -> np.ndarray:
-        """(S, H, W) label map of a model under its current thresholds (cached until they change)."""
+    def labels(self, ref: str, refined: bool | None = None) -> np.ndarray:
+        """(S, H, W) label map of a model under its current thresholds, refined per ``self.refined`` unless
+        ``refined`` says otherwise (cached until the thresholds change)."""
         a = self.require_analysis(ref)
         t = self.thresholds.get(ref, a.thresholds)
-        cached = self._labels.get(ref)
+        key = (ref, self.refined if refined is None else refined)
+        cached = self._labels.get(key)
         if cached is None or cached[0] != t:
-            self._labels[ref] = (t, a.labels(t))
-        return self._labels[ref][1]
+            self._labels[key] = (t, a.labels(t, key[1]))
+        return self._labels[key][1]
 
     # ------------------------------------------------------------------ views
     def base_rgb(self, index: int, window: str = "paper") -> np.ndarray:
         vol = self.require_volume()
         return viz.slice_rgb(vol.data[self.clamp_index(index)], vol.prewindowed, window)
 
-    def overlay(self, ref: str | None, index: int, window: str = "paper", opacity: float = 0.45) -> np.ndarray:
-        """The slice with a model's subtype mask (just the slice when ``ref`` is None or not run yet)."""
+    def overlay(
+        self, ref: str | None, index: int, window: str = "paper", opacity: float = 0.45, refined: bool | None = None
+    ) -> np.ndarray:
+        """The slice with a model's subtype mask (just the slice when ``ref`` is None or not run yet); ``refined``
+        as in ``labels``."""
         i = self.clamp_index(index)
         base = self.base_rgb(i, window)
         if not ref or ref not in self.analyses:
             return base
-        return viz.label_overlay(base, self.labels(ref)[i], opacity)
+        return viz.label_overlay(base, self.labels(ref, refined)[i], opacity)
 
     def heatmap_panels(
         self, refs: Sequence[str], index: int, window: str = "paper", opacity: float = 0.5, native: bool = False
@@ -255,7 +264,7 @@ class Session:
             return base, []
         labs = {name: self.labels(r) for name, r in zip(self.display_names(run), run)}
         codes = viz.agreement_codes([lab[i] for lab in labs.values()])
-        key = ("agreement", *((r, self.thresholds.get(r)) for r in run))
+        key = ("agreement", self.refined, *((r, self.thresholds.get(r)) for r in run))
         return viz.agreement_overlay(base, codes), self._remember(key, lambda: viz.agreement_rows(labs))
 
     def _remember(self, key: tuple, compute: Callable[[], Any], limit: int = 64) -> Any:
@@ -280,14 +289,19 @@ class Session:
 
         def compute() -> tuple:
             ml, abc = volumes_ml(lab, vol.spacing), abc2_ml(lab, vol.spacing)
-            return ml, abc, viz.volume_rows(ml, abc, lab), [c for c in CLASSES if ml[c] > 0]
+            head = a.anatomy.intracranial_ml if a.anatomy is not None else None
+            warnings = implausible_volumes(ml, head, vol.spacing_assumed)
+            rows = viz.volume_rows(ml, abc, lab)
+            if warnings:  # a volume no head can hold is flagged, not printed
+                rows = [[r[0], "not plausible", "not plausible", r[3]] for r in rows]
+            return ml, abc, rows, [c for c in CLASSES if ml[c] > 0], warnings
 
-        ml, abc, rows, present = self._remember(("volumes", ref, t), compute)
+        ml, abc, rows, present, warnings = self._remember(("volumes", ref, t, self.refined), compute)
         title = f"{a.model}: slice probabilities (dashed: class thresholds)"
         fig = viz.probability_figure(
             a.probs, t.class_thresholds, None if index is None else self.clamp_index(index), title
         )
-        return ResultsView(fig, rows, ml, abc, present)
+        return ResultsView(fig, rows, ml, abc, present, warnings)
 
     def mesh(self, ref: str):
         """3D figure of a model's masks (with the head outline) for a series."""
@@ -299,7 +313,8 @@ class Session:
     def report(self, ref: str) -> dict:
         """The JSON report of a model under its current thresholds (``Analysis.report``)."""
         a = self.require_analysis(ref)
-        return a.report(self.labels(ref), self.thresholds.get(ref, a.thresholds), self.require_volume())
+        t = self.thresholds.get(ref, a.thresholds)
+        return a.report(self.labels(ref), t, self.require_volume(), self.refined)
 
     # ------------------------------------------------------------------ export
     def export(self, ref: str, formats: Sequence[str] = ()) -> tuple[Path, dict[str, str]]:
@@ -318,7 +333,7 @@ class Session:
 
         a, vol = self.require_analysis(ref), self.require_volume()
         zpath = self.folder / f"ichdemo-draft-{safe_name(a.model)[:60]}-{time.strftime('%Y%m%d-%H%M%S')}.zip"
-        saved = save_draft(a, vol, zpath, self.thresholds.get(ref, a.thresholds), list(formats))
+        saved = save_draft(a, vol, zpath, self.thresholds.get(ref, a.thresholds), list(formats), self.refined)
         if zpath not in self._drafts:  # a second export in the same second rewrites the same name
             self._drafts.append(zpath)
         while len(self._drafts) > KEEP_DRAFTS:  # older drafts were served (copied away) already

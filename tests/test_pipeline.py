@@ -37,17 +37,18 @@ def phantom_dir(tmp_path_factory):
 
 
 def test_app_cli_and_evaluation_give_identical_labels(model_dir, phantom_dir, tmp_path):
+    """Algorithm 1's labels (the refinement off, since training-time evaluation scores Algorithm 1 itself)."""
     t = Thresholds(class_thresholds=CLASS_T, mask_thresholds=MASK_T)
     # the app: a session over the uploaded series
     pool = ModelPool([str(model_dir)])
-    s = Session(base_dir=str(tmp_path))
+    s = Session(base_dir=str(tmp_path), refined=False)
     vol = s.load_files([str(phantom_dir / "ct.nii.gz")])
     s.analyze(pool, pool.refs)
     s.set_thresholds(pool.refs[0], CLASS_T, MASK_T)
     app_labels = s.labels(pool.refs[0])
     # the CLI
     rc = main(["predict", str(phantom_dir), "--model", str(model_dir), "--out", str(tmp_path / "cli"),
-               "--class-thresholds", ",".join(map(str, CLASS_T)), "--mask-thresholds", ",".join(map(str, MASK_T))])
+               "--refine", "none", "--class-thresholds", ",".join(map(str, CLASS_T)), "--mask-thresholds", ",".join(map(str, MASK_T))])
     assert rc == 0
     cli_labels = labels_from_nifti(tmp_path / "cli" / "labels.nii.gz", vol)
     # training-time evaluation: the same slices as a dataset, on the input grid (= the source grid here)
@@ -80,3 +81,19 @@ def test_save_reports_what_it_wrote_and_skipped(model_dir, phantom_dir, tmp_path
     assert set(saved.exported) == {"nifti"} and "dicom-seg" in saved.skipped  # NIfTI input has no DICOM UIDs
     assert "heatmaps" not in saved.files and saved.files["labels"].is_file()
     assert saved.report["volumes_ml"]["total"] >= 0
+
+
+def test_refined_drafts_are_the_same_in_the_app_and_the_cli(model_dir, phantom_dir, tmp_path):
+    """The refinement (on by default) gives the same labels through the session and the CLI, inside the skull only."""
+    pool = ModelPool([str(model_dir)])
+    s = Session(base_dir=str(tmp_path))
+    vol = s.load_files([str(phantom_dir / "ct.nii.gz")])
+    s.analyze(pool, pool.refs)
+    s.set_thresholds(pool.refs[0], CLASS_T, MASK_T)
+    refined, raw = s.labels(pool.refs[0]), s.labels(pool.refs[0], refined=False)
+    args = ["--class-thresholds", ",".join(map(str, CLASS_T)), "--mask-thresholds", ",".join(map(str, MASK_T))]
+    assert main(["predict", str(phantom_dir), "--model", str(model_dir), "--out", str(tmp_path / "cli"), *args]) == 0
+    np.testing.assert_array_equal(refined, labels_from_nifti(tmp_path / "cli" / "labels.nii.gz", vol))
+    inside = s.analyses[pool.refs[0]].anatomy.inside
+    assert (raw > 0).sum() > (refined > 0).sum() and not (refined[~inside] > 0).any()
+    s.cleanup()

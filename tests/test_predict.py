@@ -54,8 +54,8 @@ def test_thresholds_change_labels_without_the_network(tiny_models, series):
     a = analyze(lm, load_volume(series))
     everything = Thresholds(class_thresholds=(0.0,) * 5, mask_thresholds=(0.0,) * 5)
     nothing = Thresholds(class_thresholds=(1.0,) * 5, mask_thresholds=(0.0,) * 5)
-    assert (a.labels(nothing) == 0).all()
-    lab = a.labels(everything)
+    assert (a.labels(nothing) == 0).all() and (a.labels(nothing, refined=False) == 0).all()
+    lab = a.labels(everything, refined=False)
     assert (lab > 0).mean() > 0.5  # every gated map above 0 somewhere wins a class
 
 

@@ -18,9 +18,10 @@ CSS = """
 .ich-notice {background:#fff4e5;border:1px solid #f0a040;color:#5a3200;padding:6px 10px;border-radius:6px;
              font-weight:600;margin:4px 0}
 .ich-legend {font-size:0.9em;padding:2px 0}
+.ich-warning {color:#8a1c00;font-weight:600;padding:2px 0}
 .ich-untrained {color:#b00020;font-weight:600}
 .ich-gallery .grid-wrap {max-height:none !important; min-height:0 !important; height:auto !important}
-#overlay img, #agreement img {width:100%; height:100%; object-fit:contain}
+#overlay img, #raw-overlay img, #agreement img {width:100%; height:100%; object-fit:contain}
 """
 
 
@@ -92,6 +93,8 @@ def heatmap_rows_markdown(rows: Sequence[tuple[str, int]], volume: Volume) -> st
     """Names the rows of the heatmap gallery (one row of five subtypes per model run)."""
     if not rows:
         return "Run at least one model to see its heatmaps."
-    lines = [f"{n}. `{name}`: native heatmap {h}x{h}, shown on the {volume.shape[2]}x{volume.shape[1]} slice"
-             for n, (name, h) in enumerate(rows, 1)]
+    lines = [
+        f"{n}. `{name}`: native heatmap {h}x{h}, shown on the {volume.shape[2]}x{volume.shape[1]} slice"
+        for n, (name, h) in enumerate(rows, 1)
+    ]
     return "Rows, top to bottom (columns: " + ", ".join(CLASSES) + "):\n\n" + "\n".join(lines)

@@ -20,6 +20,7 @@ from typing import Any
 from ichdemo.constants import CLASSES, WINDOWS
 from ichdemo.errors import ModelError
 from ichdemo.quantify import Thresholds
+from ichdemo.refine import RefineParams
 
 CONFIG_NAME = "config.json"
 DEFAULT_INPUT_SIZE = 512
@@ -64,6 +65,7 @@ class ModelConfig:
         window: (centre, width) in HU applied to HU input (for CT-ICH models the window baked into its JPEGs).
         heatmap_stride: input pixels per native heatmap cell.
         thresholds: the calibrated Algorithm 1 thresholds (defaults where never calibrated).
+        refine: the refinement's settings (``ichdemo.refine``; physical defaults where the config has none).
         version: the checkpoint's version string.
         trained: True when training provenance is recorded (an untrained model's maps are meaningless).
         hloss: for lse_unet, whether HLoss was used in training (None when unknown or not an lse_unet).
@@ -79,6 +81,7 @@ class ModelConfig:
     window: tuple[float, float] = DEFAULT_WINDOW
     heatmap_stride: int = DEFAULT_STRIDES["gap"]
     thresholds: Thresholds = field(default_factory=Thresholds)
+    refine: RefineParams = field(default_factory=RefineParams)
     version: str = "unversioned"
     trained: bool = False
     hloss: bool | None = None
@@ -107,6 +110,7 @@ class ModelConfig:
             window=(float(w.get("centre", DEFAULT_WINDOW[0])), float(w.get("width", DEFAULT_WINDOW[1]))),
             heatmap_stride=int(cfg.get("heatmap_stride") or DEFAULT_STRIDES.get(family, DEFAULT_STRIDES["gap"])),
             thresholds=Thresholds.from_config(cfg.get("thresholds")),
+            refine=RefineParams.from_config(cfg.get("refine")),
             version=str(cfg.get("version", "unversioned")),
             trained=bool(cfg.get("provenance")),
             hloss=None if hloss is None else bool(hloss),

@@ -25,7 +25,7 @@ def client(app_url):
 
 
 def _view(client, refs, ref, index=4):
-    return client.predict(refs, ref, index, "brain", 0.45, 0.5, False, api_name="/render")
+    return client.predict(refs, ref, index, "brain", 0.45, 0.5, False, True, api_name="/render")
 
 
 def test_named_endpoints(client):
@@ -51,7 +51,8 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
     assert out[1]["value"] == tiny_models["lse"]
     assert list(out[2:]) == [0.5] * 5 + [75.0, 125.0, 125.0, 75.0, 25.0]  # calibrated defaults of an untrained model
 
-    overlay, legend, gallery, rows_md, agree, agree_table, curves, table = _view(client, refs, tiny_models["lse"])
+    overlay, raw, legend, gallery, rows_md, agree, agree_table, curves, table = _view(client, refs, tiny_models["lse"])
+    assert Path(raw).is_file()  # the paper's raw Algorithm 1 beside the refined draft
     assert "IPH" in legend and curves is not None and table["data"][-1][0] == "total"
     assert Path(overlay).is_file() and Path(agree).is_file()
     assert len(gallery) == 10  # two models x five subtypes
@@ -60,11 +61,16 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
     assert agree_table["data"][0][:2] == ["lse_tiny", "gap_tiny"]
 
     closed = client.predict(
-        refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, *[1.0] * 5, *[0] * 5, api_name="/set_thresholds"
+        refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, True, *[1.0] * 5, *[0] * 5, api_name="/set_thresholds"
     )
     assert closed[-1]["data"][-1][:2] == ["total", 0.0]
+    everything = client.predict(
+        refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, False, *[0.0] * 5, *[0] * 5, api_name="/set_thresholds"
+    )  # every pixel a hemorrhage, air included: more than the skull holds, flagged instead of printed
+    assert everything[-1]["data"][-1][:3] == ["total", "not plausible", "not plausible"]
+    assert "exceeds the intracranial volume" in everything[2]  # the legend
     opened = client.predict(
-        refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, *[0.0] * 5, *[0] * 5, api_name="/set_thresholds"
+        refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, False, *[0.0] * 5, *[200] * 5, api_name="/set_thresholds"
     )
     total_ml = opened[-1]["data"][-1][1]
     assert total_ml > 0

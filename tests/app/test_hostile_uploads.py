@@ -100,7 +100,7 @@ def test_session_stays_usable_after_bad_uploads(app_url, phantom_series, tiny_mo
             build, _, fragment = CASES[kind]
             (tmp_path / kind).mkdir()
             assert re.search(fragment, refusal(c, upload_of(build(tmp_path / kind))))
-            overlay, *_ = c.predict(refs, refs[0], 2, "brain", 0.45, 0.5, False, api_name="/render")
+            overlay, *_ = c.predict(refs, refs[0], 2, "brain", 0.45, 0.5, False, True, api_name="/render")
             assert Path(overlay).is_file()  # the session still shows its series
         zpath, note = c.predict(refs[0], [], api_name="/session_export")
         assert "lse_tiny" in note and Path(zpath).is_file()

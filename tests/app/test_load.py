@@ -207,7 +207,7 @@ def session_round(url: str, up: Upload, model: str) -> dict[str, float]:
         ran = c.predict([model], None, api_name="/analyze")
         assert ran[1]["value"] == model, ran[0]
         view = c.predict(
-            [model], model, n // 2, "brain", 0.45, 0.5, False, *up.set_thresholds_args(),
+            [model], model, n // 2, "brain", 0.45, 0.5, False, False, *up.set_thresholds_args(),
             api_name="/set_thresholds",
         )  # fmt: skip
         overlay, table = view[0], view[-1]

@@ -32,8 +32,9 @@ def pool(tiny_models):
 
 @pytest.fixture(scope="module")
 def analysed(pool, tiny_models, phantom_series, tmp_path_factory):
-    """A session with the phantom loaded and lse + gap run once (shared: tests below only read or re-threshold)."""
-    s = Session(base_dir=str(tmp_path_factory.mktemp("sessions")))
+    """A session with the phantom loaded and lse + gap run once (shared: tests below only read or re-threshold).
+    Algorithm 1's raw drafts: these tests are about thresholds (tests/test_pipeline.py covers the refinement)."""
+    s = Session(base_dir=str(tmp_path_factory.mktemp("sessions")), refined=False)
     s.load_files(phantom_series[0])
     s.analyze(pool, [tiny_models["lse"], tiny_models["gap"]])
     yield s
@@ -130,7 +131,12 @@ def test_thresholds_rethreshold_without_the_network(analysed, tiny_models, monke
         assert np.array_equal(lab > 0, (a.maps255 > 0).any(1))
         res = s.results(ref, 2)
         assert res.volumes_ml == volumes_ml(lab, s.volume.spacing)
+        assert res.rows[-1][:3] == ["total", "not plausible", "not plausible"]  # every pixel: more than a skull
+        assert res.warnings and "exceeds the intracranial volume" in res.warnings[0]
+        s.set_thresholds(ref, [0.0] * 5, [200] * 5)
+        res = s.results(ref, 2)
         total = res.rows[-1]
+        assert not res.warnings and res.volumes_ml["total"] > 0
         assert total[0] == "total" and total[1] == pytest.approx(round(res.volumes_ml["total"], 3))
         assert len(res.figure.data) == 10
     finally:

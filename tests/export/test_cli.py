@@ -12,7 +12,8 @@ from ichdemo.cli import main
 from ichdemo.export.nifti import labels_from_nifti
 
 # thresholds that make an untrained model segment something: every class gated in, mask above level 128
-LOW = ["--class-thresholds", "0,0,0,0,0", "--mask-thresholds", "128,128,128,128,128"]
+# an untrained model segments something with Algorithm 1 alone (its drafts need not hold blood-density regions)
+LOW = ["--class-thresholds", "0,0,0,0,0", "--mask-thresholds", "128,128,128,128,128", "--refine", "none"]
 
 
 def test_predict_with_formats_writes_exports_matching_labels(tiny_model, dicom_series, tmp_path, capsys):
