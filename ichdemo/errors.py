@@ -6,7 +6,14 @@ and exits non-zero, and the app shows it in the UI.
 
 
 class IchdemoError(Exception):
-    """Base class of every error this library raises on purpose."""
+    """Base class of every error this library raises on purpose.
+
+    Its message is always one line: whitespace runs (newlines included, as untrusted header values can carry) become
+    one space, so the CLI's one-line error and the UI's message hold whatever the input put into them.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(" ".join(a.split()) if isinstance(a, str) else a for a in args))
 
 
 class UnsupportedInputError(IchdemoError, ValueError):

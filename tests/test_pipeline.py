@@ -47,8 +47,9 @@ def test_app_cli_and_evaluation_give_identical_labels(model_dir, phantom_dir, tm
     s.set_thresholds(pool.refs[0], CLASS_T, MASK_T)
     app_labels = s.labels(pool.refs[0])
     # the CLI
+    thresholds = ["--class-thresholds", ",".join(map(str, CLASS_T)), "--mask-thresholds", ",".join(map(str, MASK_T))]
     rc = main(["predict", str(phantom_dir), "--model", str(model_dir), "--out", str(tmp_path / "cli"),
-               "--refine", "none", "--class-thresholds", ",".join(map(str, CLASS_T)), "--mask-thresholds", ",".join(map(str, MASK_T))])
+               "--refine", "none", *thresholds])
     assert rc == 0
     cli_labels = labels_from_nifti(tmp_path / "cli" / "labels.nii.gz", vol)
     # training-time evaluation: the same slices as a dataset, on the input grid (= the source grid here)

@@ -70,7 +70,8 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
     assert everything[-1]["data"][-1][:3] == ["total", "not plausible", "not plausible"]
     assert "exceeds the intracranial volume" in everything[2]  # the legend
     opened = client.predict(
-        refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, False, *[0.0] * 5, *[200] * 5, api_name="/set_thresholds"
+        *(refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, False), *[0.0] * 5, *[200] * 5,
+        api_name="/set_thresholds",
     )
     total_ml = opened[-1]["data"][-1][1]
     assert total_ml > 0
