@@ -778,3 +778,43 @@ def refine(
             labels[s][box] = out
             regions += found
     return RefineResult(labels, inside, known.intracranial_ml, band, regions, params)
+
+
+def blood_regions(
+    hu: Any,
+    spacing: Any,
+    slices: Any = None,
+    params: RefineParams | None = None,
+    known: Anatomy | None = None,
+) -> np.ndarray:
+    """What the CT alone says could be acute blood: the candidate regions of ``refine`` (blood density inside the
+    skull, at least ``min_area_mm2``, grown back into the rim), with no model evidence asked for.
+
+    Calibration uses them as pseudo-masks on slices labelled positive, where no annotated mask exists: they need no
+    annotation, and they are what refined drafts can at best become.
+
+    Args:
+        hu: (S, H, W) Hounsfield units; ``spacing`` (slice, row, col) mm.
+        slices: indices of the slices to fill (default all); the others stay empty.
+        params: settings (defaults when None); ``known`` the series' ``anatomy`` when already computed.
+
+    Returns:
+        (S, H, W) bool.
+    """
+    params = params or RefineParams()
+    hu = _as_volume(hu)
+    row_mm, col_mm = _in_plane_mm(spacing)
+    known = known or anatomy(hu, spacing, params)
+    out = np.zeros(hu.shape, bool)
+    px = float(np.sqrt(row_mm * col_mm))
+    for s in range(hu.shape[0]) if slices is None else slices:
+        if not known.inside[s].any():
+            continue
+        sl = _candidates(hu[s], known.inside[s], s, known.band, row_mm, col_mm, params)
+        area = np.bincount(sl.seeds.ravel(), minlength=sl.count) * (row_mm * col_mm)
+        keep = area >= params.min_area_mm2
+        keep[0] = False
+        kept = np.where(keep[sl.seeds], sl.seeds, 0)
+        grown = _grow_back(kept, sl.blood, (params.rim_mm + params.open_mm / 2.0) / px)
+        out[s][sl.box] = grown > 0
+    return out

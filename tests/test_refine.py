@@ -268,3 +268,15 @@ def test_bad_shapes_raise(sdh_iph):
         refine(p.hu, probs, maps, raw, C, (5.0, 0.0, 0.9))
     with pytest.raises(ConfigError, match="class thresholds"):
         refine(p.hu, probs, maps, raw, [0.5] * 4, p.spacing)
+
+
+def test_blood_regions_cover_the_phantom_lesions_without_any_model():
+    from ichdemo.metrics import binary_dice
+    from ichdemo.refine import blood_regions
+
+    p = generate_phantom(5, ("IPH", "SDH"), shape=(16, 192, 192))
+    lesion = p.labels > 0
+    slices = [s for s in range(p.shape[0]) if lesion[s].any()]
+    regions = blood_regions(p.hu, p.spacing, slices)
+    assert not regions[[s for s in range(p.shape[0]) if s not in slices]].any()  # only the slices asked for
+    assert binary_dice(regions[slices], lesion[slices]) > 0.9  # measured 0.985
