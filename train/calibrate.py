@@ -4,13 +4,17 @@ Calibrate Algorithm 1 for a trained checkpoint and write the result into its con
 ``ichdemo.quantify.Thresholds.from_config`` and the app), with a ``"calibration"`` report beside it:
 
 - class thresholds: Youden's J per subtype on the validation patients (slice labels);
-- mask thresholds: joint grid search (25..200, step 25) maximising Dice on slices that have masks;
+- mask thresholds: joint grid search (25..200, step 25) maximising Dice on the validation slices against their
+  masks, or, where the validation patients have none (CT-ICH: only the held-out 77-81 do), against pseudo-masks
+  that need no annotation: the CT's own blood-density regions inside the skull on the slices labelled positive
+  (``ichdemo.refine.blood_regions``, what refined drafts can at best become);
 - with ``--scale-mode fixed`` the per-class heatmap scale too (median peak on positive validation slices);
   ``compare`` calibrates both scale modes and keeps the one with the higher Dice (both scores are recorded).
 
 Which patients: when ``--data`` is the data the model was trained on, the split saved with the checkpoint is used
-(``--class-part`` default val). Mask thresholds use the masked slices of ``--mask-part`` (default: val when it has
-masks, else the held-out test part, which the report then says). With other data, every patient is used.
+(``--class-part`` default val); ``--split provenance`` rebuilds it from the training settings recorded in
+config.json. The held-out test part is never used unless asked for by name (``--mask-part test``, which the report
+then says). With other data, every patient is used.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,7 @@ from ichdemo.calibrate import PAPER_GRID, fit_fixed_scale, grid_search_mask_thre
 from ichdemo.constants import CLASSES
 from ichdemo.data.series import MASK_ANY, SliceStackDataset
 from ichdemo.data.sources import DataSource, open_source
-from ichdemo.data.splits import Split
+from ichdemo.data.splits import Split, split_patients
 from ichdemo.errors import ConfigError, IchdemoError, UnsupportedInputError
 from ichdemo.evaluation import Predictions, maps_to_input, predict
 from ichdemo.models import load_pretrained
@@ -46,14 +51,16 @@ def open_for_model(
     Raises:
         ConfigError: "saved" without a saved split, or with patients the data lacks; an unknown mode.
     """
-    if split_mode not in ("auto", "saved", "none"):
-        raise ConfigError(f"--split must be auto, saved or none, got {split_mode!r}")
+    if split_mode not in ("auto", "saved", "provenance", "none"):
+        raise ConfigError(f"--split must be auto, saved, provenance or none, got {split_mode!r}")
     train_cfg = (config.get("provenance") or {}).get("config") or {}
     source = open_source(spec, window=train_cfg.get("window", "paper"),
                          phantom_shape=train_cfg.get("phantom_shape", "16x128x128"),
                          phantom_subtypes=train_cfg.get("phantom_subtypes", "mixed"),
                          phantom_paired=train_cfg.get("phantom_paired", False), seed=train_cfg.get("seed", 0))
     saved = Split.load(model_dir) if (model_dir / "split.json").is_file() else None
+    if split_mode == "provenance":
+        return source, _split_from_provenance(source, train_cfg)
     if split_mode == "saved":
         if saved is None:
             raise ConfigError(f"--split saved: {model_dir} has no split.json")
@@ -67,7 +74,22 @@ def open_for_model(
 
 
 SPLIT_HELP = ("auto: the split saved with the checkpoint when --data is the training data spec, else every patient; "
-              "saved: the saved split for any --data holding its patients (the same data at another path); none")
+              "saved: the saved split for any --data holding its patients (the same data at another path); "
+              "provenance: the split rebuilt from the training settings in config.json; none")
+
+
+def _split_from_provenance(source: DataSource, train_cfg: dict) -> Split:
+    """The training run's patient split, rebuilt with its recorded seed, validation share and test patients.
+
+    Raises:
+        ConfigError: config.json records no training settings.
+    """
+    if not train_cfg:
+        raise ConfigError("--split provenance: config.json records no training settings (provenance.config)")
+    test = [p.strip() for p in str(train_cfg.get("test_patients", "")).split(",") if p.strip()]
+    per_patient = {p: np.concatenate([s.labels for s in source.select([p])]) for p in source.patients}
+    return split_patients(per_patient, float(train_cfg.get("val_fraction", 0.2)), int(train_cfg.get("seed", 0)),
+                          test, source=source.spec)
 
 
 def part_dataset(source: DataSource, split: Split | None, part: str, size: int) -> SliceStackDataset:
@@ -133,7 +155,9 @@ def calibrate(
     score, best, table = max(candidates, key=lambda x: x[0])
     report = {
         "data": spec, "class_part": class_part, "mask_part": part,
-        "mask_part_note": "mask thresholds tuned on the held-out test slices" if part == "test" else "",
+        "mask_part_note": "mask thresholds tuned on the held-out test slices" if part == "test" else
+                          "pseudo-masks (no annotation): the CT's blood-density regions inside the skull on positive "
+                          "slices" if "pseudo" in part else "",
         "class_slices": len(cls_pred.items), "mask_slices": len(mask_pred.items),
         "youden": youden, "grid_search": {k: v for k, v in table.items() if k not in ("curves", "class_dice")},
         "curves": table["curves"], "class_dice": table["class_dice"],
@@ -143,29 +167,62 @@ def calibrate(
         config = json.loads((model_dir / "config.json").read_text())
         config["thresholds"] = best.to_dict()
         config["calibration"] = _jsonable(report)
+        # the refinement's settings: physical values (ichdemo.refine), written out so the checkpoint says what it uses
+        config["refine"] = ModelConfig.from_dict(config).refine.to_dict()
         write_text(model_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     return {"thresholds": best.to_dict(), **report}
 
 
 def _mask_predictions(model, source, split, mask_part, class_part, cls_data, cls_pred, size, batch_size, device):
-    """(part name, predictions on the masked slices of that part)."""
-    parts = [mask_part] if mask_part != "auto" else ([class_part, "test"] if split is not None else ["all"])
-    for part in parts:
-        if part == class_part:
-            data, pred = cls_data, cls_pred
-            rows = [i for i, k in enumerate(pred.items) if k in set(data.mask_items())]
-            if rows:
-                return part, pred.subset(rows)
-            continue
-        try:
-            data = part_dataset(source, split, part, size)
-        except UnsupportedInputError:
-            continue
-        items = data.mask_items()
-        if items:
-            return part, predict(model, data, items, maps=True, batch_size=batch_size, device=device)
-    raise UnsupportedInputError(f"no slice with a mask in {' or '.join(parts)} of {source.spec}; "
-                                "mask thresholds need masked slices")
+    """(part name, predictions on the slices whose masks tune the mask thresholds).
+
+    ``auto``: the class part's masked slices; without any, the class part against pseudo-masks (``pseudo_masks``).
+    A named part is used as asked (the held-out test part only so)."""
+    if mask_part in ("auto", class_part) or (mask_part == "all" and split is None):
+        rows = [i for i, k in enumerate(cls_pred.items) if k in set(cls_data.mask_items())]
+        if rows:
+            return class_part, cls_pred.subset(rows)
+        if mask_part == "auto":
+            masks = pseudo_masks(cls_data, cls_pred, source.window or "paper")
+            pred = replace(cls_pred, masks=masks)
+            return f"{class_part} (pseudo-masks: blood-density regions of positive slices)", pred
+    try:
+        data = part_dataset(source, split, mask_part, size)
+    except UnsupportedInputError:
+        data = None
+    items = data.mask_items() if data is not None else []
+    if not items:
+        raise UnsupportedInputError(f"no slice with a mask in the {mask_part} part of {source.spec}; "
+                                    "use --mask-part auto for pseudo-masks")
+    return mask_part, predict(model, data, items, maps=True, batch_size=batch_size, device=device)
+
+
+def pseudo_masks(data: SliceStackDataset, pred: Predictions, window: str | tuple[float, float]) -> np.ndarray:
+    """(N, size, size) masks that need no annotation (``MASK_ANY`` where blood, else 0): on the slices labelled
+    positive, the CT's own blood-density regions inside the skull (``ichdemo.refine.blood_regions``), series by
+    series on the model's input grid; empty on negative slices.
+
+    The input is read back to HU through the window it was made with; the pixel size, unknown for images, is
+    estimated from the skull's width (``ichdemo.io.spacing``).
+    """
+    from ichdemo.io.spacing import estimate_in_plane_mm
+    from ichdemo.refine import blood_regions
+    from ichdemo.transforms import resolve_window
+
+    centre, width = resolve_window(window)
+    out = np.zeros((len(pred.items), data.size, data.size), np.int16)
+    series: dict[int, list[int]] = {}
+    for row, k in enumerate(pred.items):
+        series.setdefault(data.items[k][0], []).append(row)
+    for s, rows in series.items():
+        hu = np.stack([data[pred.items[r]]["image"][1].numpy() for r in rows]) * width + (centre - width / 2)
+        px = estimate_in_plane_mm(hu) or 0.5 * 512 / data.size  # a typical head CT pixel at 512 px
+        spacing = (data.series[s].spacing or (5.0, px, px))[0], px, px
+        positive = [j for j, r in enumerate(rows) if pred.labels[r].any()]
+        if positive:
+            # any hemorrhage, subtype unknown
+            out[rows] = np.where(blood_regions(hu, spacing, positive), MASK_ANY, 0)
+    return out
 
 
 def _jsonable(obj: Any) -> Any:
@@ -186,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data spec (ctich:/path, phantom:N[:SEED], rsna:/path, bhsd:/path)")
     p.add_argument("--class-part", default="val", help="split part for class thresholds: val, test, train or all")
     p.add_argument("--mask-part", default="auto", help="split part whose masked slices tune the mask thresholds "
-                   "(auto: val if it has masks, else test)")
+                   "(auto: the class part's masks, else pseudo-masks on it; test only when named)")
     p.add_argument("--scale-mode", default="image", help="heatmap scale: image (paper), fixed, or compare (keep the "
                    "better)")
     p.add_argument("--grid", type=_grid, default=PAPER_GRID, help="mask threshold grid (default 25,50,...,200)")
