@@ -10,7 +10,7 @@ import torch
 from bench.run import main
 
 CPU_KEYS = ("cpu_cam_over_forward", "cpu_pgc_over_cam", "lse_over_gap", "series_over_forward", "peak_rss_gb",
-            "rethreshold_ms", "onnx_speedup")
+            "rethreshold_ms", "refine_share", "onnx_speedup")
 GPU_KEYS = ("gpu_cam_over_forward", "gpu_cam_over_pgc", "gpu_lse_over_gap", "gpu_train_speedup")
 REPO = Path(__file__).resolve().parents[1]
 
