@@ -162,6 +162,9 @@ def calibrate(
         "youden": youden, "grid_search": {k: v for k, v in table.items() if k not in ("curves", "class_dice")},
         "curves": table["curves"], "class_dice": table["class_dice"],
         "scale_modes": {t.scale_mode: s for s, t, _ in candidates}, "chosen_scale_mode": best.scale_mode,
+        "summary": f"class thresholds: Youden's J on the {len(cls_pred.items)} slices of the {class_part} patients; "
+                   f"mask thresholds: joint grid search maximising Dice on {part} ({len(mask_pred.items)} slices, "
+                   f"Dice {score:.3f}); patients held out of training never used",
     }
     if write:
         config = json.loads((model_dir / "config.json").read_text())

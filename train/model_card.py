@@ -61,7 +61,26 @@ def _scale(config: dict, machine: dict) -> str:
     return f"{where} training {size} and few epochs on a small dataset"
 
 
-def card(config: dict, ev: dict | None, name: str) -> str:
+def _drafts(d: dict) -> list[str]:
+    """Raw and refined drafts on CT-ICH 77-81 and ich-boxes (``train.evaluate_drafts``)."""
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    out = []
+    if d.get("ctich"):
+        c = d["ctich"]
+        out.append(f"- CT-ICH patients 77-81, {c['masked_slices']} masked slices, shipped thresholds: any-hemorrhage "
+                   f"Dice raw {f(c['dice_any']['raw'])}, refined {f(c['dice_any']['refined'])}; on mask-positive "
+                   f"slices {f(c['dice_any_positive_slices']['raw'])} / {f(c['dice_any_positive_slices']['refined'])};"
+                   f" heatmap peak on the lesion {f(c['pointing'])}.")
+    if d.get("boxes"):
+        b = d["boxes"]
+        out.append(f"- ich-boxes ({b['slices']} slices, other scanners): labelled subtype's peak in its box "
+                   f"{f(b['pointing_labelled_subtype'])}; draft pixels inside boxes raw "
+                   f"{f(b['draft_pixels_in_boxes']['raw'])}, refined {f(b['draft_pixels_in_boxes']['refined'])}; "
+                   f"boxes touched {f(b['boxes_touched']['raw'])} / {f(b['boxes_touched']['refined'])}.")
+    return out
+
+
+def card(config: dict, ev: dict | None, name: str, drafts: dict | None = None) -> str:
     """The model card text."""
     prov = config.get("provenance") or {}
     data = prov.get("data") or {}
@@ -74,8 +93,8 @@ def card(config: dict, ev: dict | None, name: str) -> str:
         f"# {name}: {arch}", "", f"> {RESEARCH_NOTICE}", "",
         "Weakly supervised intracranial hemorrhage subtype model after Chen and Kuo (MIDL 2026 submission): trained "
         "on slice-level labels only (IPH, IVH, SAH, SDH, EDH); heatmaps turn into draft masks and volumes by the "
-        "paper's Algorithm 1. Load with `python -m ichdemo predict INPUT --model <this folder>` or "
-        "`ichdemo.predict.load_model`.", "",
+        "paper's Algorithm 1, then refined with the CT (blood density inside the skull, `ichdemo.refine`, settings in "
+        "config.json). Load with `ichdemo predict INPUT --model <this folder>` or `ichdemo.pipeline.load_model`.", "",
         "## Intended use", "",
         "Research, teaching, and draft masks that annotators correct. Not a medical device; not for diagnosis or any "
         "clinical decision.", "",
@@ -102,6 +121,8 @@ def card(config: dict, ev: dict | None, name: str) -> str:
     ]
     if ev:
         lines += ["## Evaluation (`python -m train.evaluate`)", "", *_metrics(ev), ""]
+    if drafts:
+        lines += ["## Drafts on held-out data (`python -m train.evaluate_drafts`)", "", *_drafts(drafts), ""]
     lines += [
         "## Limitations", "",
         "- Small training set (82 scans in all) with few SAH, IVH and SDH patients (4 to 7 each): AUROC and Dice are "
@@ -119,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="checkpoint folder (config.json)")
     p.add_argument("--eval", help="train.evaluate JSON on the held-out patients")
     p.add_argument("--name", help="title (default: the folder name)")
+    p.add_argument("--drafts", help="train.evaluate_drafts JSON (its entry for this model is used)")
     args = p.parse_args(argv)
     folder = Path(args.model)
     config = json.loads((folder / "config.json").read_text())
     ev = json.loads(Path(args.eval).read_text()) if args.eval else None
-    write_text(folder / "README.md", card(config, ev, args.name or folder.name))
+    drafts = json.loads(Path(args.drafts).read_text()).get(folder.name) if args.drafts else None
+    write_text(folder / "README.md", card(config, ev, args.name or folder.name, drafts))
     print(folder / "README.md")
     return 0
 
