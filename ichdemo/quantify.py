@@ -312,7 +312,8 @@ def labels_from_heatmaps(probs: Any, maps: Any, thresholds: Thresholds) -> np.nd
 # ----------------------------------------------------------------------------------------------- volumes
 
 
-def _check_spacing(spacing: Any) -> np.ndarray:
+def check_spacing(spacing: Any) -> np.ndarray:
+    """(slice, row, col) mm as 3 positive finite floats, or a ``ConfigError`` naming the problem."""
     try:
         sp = np.asarray(spacing, dtype=float).ravel()
     except (TypeError, ValueError) as err:
@@ -347,7 +348,7 @@ def volumes_ml(labels: Any, spacing: Any) -> dict[str, float]:
     Returns:
         {"IPH": mL, ..., "EDH": mL, "total": mL of all subtypes}.
     """
-    labels, sp = _check_labels(labels), _check_spacing(spacing)
+    labels, sp = _check_labels(labels), check_spacing(spacing)
     ml = voxel_counts(labels)[1:] * float(np.prod(sp)) / 1000.0
     out = {name: float(v) for name, v in zip(CLASSES, ml)}
     out["total"] = float(ml.sum())
@@ -421,7 +422,7 @@ def abc2_ml(labels: Any, spacing: Any, c_method: str = "count") -> dict[str, flo
     """
     if c_method not in ("count", "weighted"):
         raise ConfigError(f"c_method must be 'count' or 'weighted', got {c_method!r}")
-    labels, sp = _check_labels(labels), _check_spacing(spacing)
+    labels, sp = _check_labels(labels), check_spacing(spacing)
     out = {name: _abc2_one(labels == k + 1, sp, c_method) for k, name in enumerate(CLASSES)}
     out["total"] = _abc2_one(labels > 0, sp, c_method)
     return out

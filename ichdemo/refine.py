@@ -51,7 +51,7 @@ from scipy import ndimage
 
 from ichdemo.constants import CLASSES
 from ichdemo.errors import ConfigError, UnsupportedInputError
-from ichdemo.quantify import as_numpy, check_vector
+from ichdemo.quantify import as_numpy, check_spacing, check_vector
 
 NUM_CLASSES = len(CLASSES)
 EXTRA_AXIAL: tuple[str, ...] = ("SDH", "EDH")
@@ -306,12 +306,7 @@ def grey_to_hu(grey: Any, window: tuple[float, float] = (40.0, 120.0)) -> np.nda
 
 
 def _in_plane_mm(spacing: Any) -> tuple[float, float]:
-    try:
-        sp = np.asarray(spacing, dtype=float).ravel()
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"spacing must be 3 numbers (slice, row, col) in mm, got {spacing!r}") from err
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ConfigError(f"spacing must be 3 positive numbers (slice, row, col) in mm, got {spacing!r}")
+    sp = check_spacing(spacing)
     return float(sp[1]), float(sp[2])
 
 
