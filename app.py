@@ -512,6 +512,11 @@ def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
     ui.status = gr.Markdown(NO_MODEL_HELP if not pool.refs else "", elem_id="status")
 
 
+def _picture(label: str, elem_id: str, buttons: Sequence[str] = ("fullscreen",)) -> gr.Image:
+    """A slice picture of the viewer (PNG, read-only)."""
+    return gr.Image(label=label, format="png", interactive=False, height=380, elem_id=elem_id, buttons=list(buttons))
+
+
 def _viewer_column(ui: SimpleNamespace) -> None:
     with gr.Row():
         ui.index = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice", scale=3)
@@ -525,30 +530,9 @@ def _viewer_column(ui: SimpleNamespace) -> None:
         elem_id="refine",
     )
     with gr.Row():
-        ui.overlay = gr.Image(
-            label="Draft (results model)",
-            format="png",
-            interactive=False,
-            height=380,
-            elem_id="overlay",
-            buttons=["download", "fullscreen"],
-        )
-        ui.raw_overlay = gr.Image(
-            label="The paper's raw Algorithm 1, same thresholds (for comparison)",
-            format="png",
-            interactive=False,
-            height=380,
-            elem_id="raw-overlay",
-            buttons=["fullscreen"],
-        )
-        ui.agree = gr.Image(
-            label="Agreement between the chosen models",
-            format="png",
-            height=380,
-            interactive=False,
-            elem_id="agreement",
-            buttons=["fullscreen"],
-        )
+        ui.overlay = _picture("Draft (results model)", "overlay", ["download", "fullscreen"])
+        ui.raw_overlay = _picture("The paper's raw Algorithm 1, same thresholds (for comparison)", "raw-overlay")
+        ui.agree = _picture("Agreement between the chosen models", "agreement")
     ui.legend = gr.HTML(legend_html(), elem_id="legend")
     gr.HTML(agreement_legend_html())
     with gr.Row():
