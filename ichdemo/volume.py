@@ -31,7 +31,8 @@ class Volume:
     Attributes:
         data: (S, H, W) float32. Hounsfield units, or 0..255 grey levels when ``prewindowed``.
         spacing: (slice, row, col) voxel spacing in mm.
-        prewindowed: True for 8-bit images that already carry a display window (PNG/JPG, CT-ICH JPEGs).
+        prewindowed: True for 0..255 grey levels that carry a display window (CT-ICH training stacks read by
+            ``ichdemo.io.image.stack_images``); ``ichdemo.io.load_volume`` turns PNG/JPG into HU, so it is False there.
         affine: 4x4 voxel-to-world (RAS, mm) matrix of the array ``data.transpose(2, 1, 0)`` (NIfTI's i, j, k =
             col, row, slice), so ``nibabel.Nifti1Image(labels.transpose(2, 1, 0), affine)`` is aligned.
         source: "dicom", "nifti" or "image".
@@ -43,6 +44,8 @@ class Volume:
         nifti_header: for NIfTI input: the original affine and the orientation transform, so labels can be written
             back in the file's own voxel order (see ``ichdemo.io.nifti.to_source_grid``).
         meta: free-form, non-identifying facts (modality, manufacturer, kernel...). Never patient identifiers.
+            PNG/JPG input records the window its grey levels were inverted with in ``meta["input_window"]``
+            (centre, width, name, declared, confidence, reason).
     """
 
     data: np.ndarray

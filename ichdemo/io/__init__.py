@@ -4,6 +4,8 @@ Accepted: DICOM (a file, a folder, a list of files, a .zip), NIfTI (.nii, .nii.g
 The format is told from the file content (magic bytes), not from the name: a DICOM named .png loads, a text file
 named .dcm fails with "not a DICOM file". Folders are searched recursively; dotfiles and ``__MACOSX`` are ignored.
 In a set of files, zero-byte and unrecognised files are skipped with a warning; DICOM wins over other kinds.
+Every volume holds HU: PNG/JPG grey levels are turned back into HU through the window they were exported with,
+declared (``image_window``) or estimated from the images (``ichdemo.io.window``).
 
 Example:
     >>> from ichdemo.io import load_volume, describe
@@ -29,6 +31,7 @@ from ichdemo.io.dicom import load_dicom_series, looks_like_dicom
 from ichdemo.io.image import load_images
 from ichdemo.io.limits import Limits, check_file_sizes
 from ichdemo.io.nifti import load_nifti, sniff_nifti, to_source_grid, write_nifti
+from ichdemo.io.window import Window, parse_window
 from ichdemo.volume import Volume
 
 __all__ = ["Limits", "load_volume", "describe", "sniff", "to_source_grid", "write_nifti"]
@@ -169,7 +172,9 @@ def _classify(files: list[Path]) -> tuple[dict[str, list[Path]], list[str]]:
     return kinds, warnings
 
 
-def _load_kind(kinds: dict[str, list[Path]], limits: Limits, spacing, keep_paths: bool) -> tuple[Volume, list[str]]:
+def _load_kind(
+    kinds: dict[str, list[Path]], limits: Limits, spacing, keep_paths: bool, window: Window | None
+) -> tuple[Volume, list[str]]:
     """Load the highest-priority kind present (DICOM, then NIfTI, then images); warn about the rest."""
     kind = next(k for k in ("dicom", "nifti", "image") if k in kinds)
     ignored = sum(len(v) for k, v in kinds.items() if k != kind)
@@ -183,7 +188,7 @@ def _load_kind(kinds: dict[str, list[Path]], limits: Limits, spacing, keep_paths
                 f"{len(files)} NIfTI files given ({', '.join(f.name for f in files[:3])}); upload one volume at a time"
             )
         return load_nifti(files[0], limits), warnings
-    return load_images(files, limits, spacing), warnings
+    return load_images(files, limits, spacing, window), warnings
 
 
 def load_volume(
@@ -191,6 +196,7 @@ def load_volume(
     *,
     limits: Limits | None = None,
     spacing: Sequence[float] | None = None,
+    image_window: str | tuple[float, float] | Window | None = None,
 ) -> Volume:
     """Read a CT volume from a file, a folder, a list of files or a .zip (see the module docstring).
 
@@ -199,6 +205,10 @@ def load_volume(
         limits: size limits (``Limits()`` by default).
         spacing: (slice, row, col) mm for PNG/JPG input, which carries none; ignored, with a warning, for DICOM
             and NIfTI, which carry their own.
+        image_window: the display window PNG/JPG input was exported with, to turn its grey levels back into HU:
+            a preset ("ctich", "brain", "subdural", "bone", "paper", "hu"), "C/W" or "C,W" text, or a
+            (centre, width) pair; None or "auto" estimates it from the images (``Volume.meta["input_window"]``
+            says what was used). Ignored, with a warning, for DICOM and NIfTI, which hold HU.
 
     Returns:
         A completely filled ``Volume``; ``warnings`` lists what was skipped or assumed.
@@ -207,18 +217,21 @@ def load_volume(
         UnsupportedInputError: empty upload, unrecognised or unsupported input (modality, 4-D, colour DICOM...).
         CorruptInputError: a file that is not what it claims, or truncated.
         UnsafeInputError: unsafe archive or input over a size limit.
-        ConfigError: a malformed ``spacing``.
+        ConfigError: a malformed ``spacing`` or ``image_window``.
     """
     limits = limits or Limits()
     spacing = _check_spacing(spacing)
+    window = parse_window(image_window)
     entries = _as_paths(src)
     with tempfile.TemporaryDirectory(prefix="ichdemo-") as tmp:
         files, extracted = _expand(entries, limits, Path(tmp))
         check_file_sizes(files, limits)
         kinds, warnings = _classify(files)
-        volume, more = _load_kind(kinds, limits, spacing, keep_paths=not extracted)
+        volume, more = _load_kind(kinds, limits, spacing, keep_paths=not extracted, window=window)
     if spacing is not None and volume.source != "image":
         more.append(f"spacing={spacing} ignored: {volume.source.upper()} input carries its own spacing")
+    if window is not None and volume.source != "image":
+        more.append(f"image_window={window} ignored: {volume.source.upper()} input holds HU")
     volume.warnings = warnings + more + volume.warnings
     return volume
 

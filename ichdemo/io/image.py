@@ -1,9 +1,17 @@
-"""PNG/JPG slices and stacks: already-windowed 8-bit grey images (phone photos of a screen, CT-ICH JPEGs...).
+"""PNG/JPG slices and stacks: 8-bit grey images of a display window (CT-ICH JPEGs, PACS exports, phone photos...).
 
-Values stay the grey levels 0..255 (``Volume.prewindowed`` is True): the window was applied before export and the
-Hounsfield units are gone. Colour images become grey (ITU-R 601 luma, PIL's "L"); a warning says so when the
-channels differ enough to suggest coloured annotations. Such files carry no spacing: unless the caller gives one,
-``DEFAULT_SPACING`` is used, flagged as assumed, and volumes are estimates.
+``load_images`` turns the grey levels back into Hounsfield units (``Volume.prewindowed`` is False): with the window
+the caller declares (``image_window``: a preset such as "ctich" or "brain", "40/80", a (centre, width) pair) or, when
+none is declared, the window ``ichdemo.io.window.estimate_window`` finds from the brain and CSF densities. HU are
+exact to the 8-bit rounding inside the window; grey 0 and 255 only say "at most the window's low end" and "at least
+its high end" and keep those bounds, except the black background around the head (connected to the image border),
+which is air and becomes ``AIR_HU``. What was assumed is in ``Volume.meta["input_window"]``; a warning says when the
+estimate is unsure or a declared window does not fit the image. ``stack_images`` (used for CT-ICH training data)
+keeps the grey levels 0..255 and ``prewindowed`` True.
+
+Colour images become grey (ITU-R 601 luma, PIL's "L"); a warning says so when the channels differ enough to suggest
+coloured annotations. Such files carry no spacing: unless the caller gives one, ``DEFAULT_SPACING`` is used, flagged
+as assumed, and volumes are estimates.
 
 A stack is a folder or list of images ordered by the natural order of their names (2.jpg before 10.jpg). Images
 in several folders: the folder with most images is taken (a folder named "brain" wins a tie, as in CT-ICH's
@@ -18,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 from ichdemo.errors import CorruptInputError, IchdemoError, UnsafeInputError, UnsupportedInputError, brief
 from ichdemo.io.limits import Limits
 from ichdemo.io.nifti import grid_affine
+from ichdemo.io.window import Window, check_declared, estimate_window, grey_to_hu, parse_window
 from ichdemo.volume import Volume
 
 DEFAULT_SPACING: tuple[float, float, float] = (5.0, 1.0, 1.0)
@@ -31,6 +41,9 @@ _MASK_SUFFIX = re.compile(r"(_hge)?_(seg|mask|label)$", re.IGNORECASE)
 _COLOUR_SPREAD = 8.0  # mean |max - min| over RGB channels, in grey levels, above which a warning is given
 _CHUNK_BOMB = "Decompressed data too large"  # PIL's ValueError for a metadata chunk over MAX_TEXT_CHUNK
 _ESTIMATE = "no voxel spacing in PNG/JPG: assumed {} mm (slice x row x col); volumes in mL are estimates"
+AIR_HU = -1000.0
+"""HU given to the black background around the head (air), which a window clips to its low end."""
+_AIR_GREY = 2.0  # grey levels up to this count as black background (JPEG leaves a little noise in it)
 
 
 def natural_key(path: str | Path) -> tuple:
@@ -116,17 +129,13 @@ def choose_stack(files: list[Path]) -> tuple[list[Path], list[str]]:
     return sorted(files, key=natural_key), warnings
 
 
-def stack_images(
-    files: list[Path], limits: Limits, spacing: tuple[float, float, float], *, spacing_assumed: bool, what: str
-) -> Volume:
-    """Read ``files`` in the given order into one pre-windowed ``Volume`` (all images must share a size).
+def read_stack(files: list[Path], limits: Limits, what: str) -> tuple[np.ndarray, list[str]]:
+    """Read ``files`` in the given order as (S, H, W) float32 grey levels 0..255, with per-file warnings.
 
-    Args:
-        files: image paths, slice order.
-        limits: size limits.
-        spacing: (slice, row, col) mm.
-        spacing_assumed: flag (and warn) that ``spacing`` is a default, not read from the data.
-        what: start of the description ("PNG/JPG stack", "CT-ICH patient 49"...).
+    Raises:
+        UnsupportedInputError: images of different sizes.
+        UnsafeInputError: more slices than ``limits`` allow, or an image over a size limit.
+        CorruptInputError: an unreadable image.
     """
     limits.check_slices(len(files), what)
     slices, warnings = [], []
@@ -138,45 +147,154 @@ def stack_images(
     if len(sizes) > 1:
         listing = ", ".join(f"{w}x{h} ({n})" for (h, w), n in sizes.most_common())
         raise UnsupportedInputError(f"images in a stack must share one size; found {listing}")
-    data = np.stack(slices).astype(np.float32)
-    if spacing_assumed:
-        warnings.append(_ESTIMATE.format(" x ".join(f"{s:g}" for s in spacing)))
+    return np.stack(slices).astype(np.float32), warnings
+
+
+def _image_volume(
+    data: np.ndarray,
+    files: list[Path],
+    spacing: tuple[float, float, float],
+    *,
+    spacing_assumed: bool,
+    what: str,
+    values: str,
+    **kw,
+) -> Volume:
+    """The ``Volume`` of an image stack; ``values`` describes the data ("pre-windowed grey 0..255", "HU from...")."""
     return Volume(
         data=data,
         spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-        prewindowed=True,
         affine=grid_affine(spacing),
         source="image",
         description=(
-            f"{what}: {data.shape[0]} image(s) of {data.shape[2]}x{data.shape[1]} px, pre-windowed grey "
-            f"0..255, spacing {' x '.join(f'{s:g}' for s in spacing)} mm"
-            f"{' (assumed)' if spacing_assumed else ''}"
+            f"{what}: {data.shape[0]} image(s) of {data.shape[2]}x{data.shape[1]} px, {values}, "
+            f"spacing {' x '.join(f'{s:g}' for s in spacing)} mm{' (assumed)' if spacing_assumed else ''}"
         ),
-        warnings=warnings,
         slice_names=[f.stem for f in files],
         spacing_assumed=spacing_assumed,
+        **kw,
+    )
+
+
+def _spacing_warning(spacing: tuple[float, float, float]) -> str:
+    return _ESTIMATE.format(" x ".join(f"{s:g}" for s in spacing))
+
+
+def stack_images(
+    files: list[Path], limits: Limits, spacing: tuple[float, float, float], *, spacing_assumed: bool, what: str
+) -> Volume:
+    """Read ``files`` in the given order into one pre-windowed ``Volume`` of grey levels 0..255 (no HU).
+
+    This is the training data's form (CT-ICH JPEGs, ``ichdemo.io.ctich``); ``load_images`` gives HU.
+
+    Args:
+        files: image paths, slice order.
+        limits: size limits.
+        spacing: (slice, row, col) mm.
+        spacing_assumed: flag (and warn) that ``spacing`` is a default, not read from the data.
+        what: start of the description ("PNG/JPG stack", "CT-ICH patient 49"...).
+    """
+    data, warnings = read_stack(files, limits, what)
+    return _image_volume(
+        data,
+        files,
+        spacing,
+        spacing_assumed=spacing_assumed,
+        what=what,
+        values="pre-windowed grey 0..255",
+        prewindowed=True,
+        warnings=warnings + ([_spacing_warning(spacing)] if spacing_assumed else []),
         meta={"files": len(files)},
     )
 
 
+# ------------------------------------------------------------------------------------------------- grey -> HU
+def outside_air(grey: np.ndarray) -> np.ndarray:
+    """(S, H, W) bool: black pixels connected to the image border in their slice, the air around the head."""
+    out = np.zeros(grey.shape, dtype=bool)
+    for i, g in enumerate(grey):
+        labels, _ = ndimage.label(g <= _AIR_GREY)
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        out[i] = np.isin(labels, border[border > 0])
+    return out
+
+
+def _window_used(grey: np.ndarray, window: Window | None) -> tuple[dict, list[str]]:
+    """The window to invert (declared, else estimated) as ``meta["input_window"]``, and warnings about it."""
+    if window is not None:
+        problem = check_declared(grey, window.centre, window.width)
+        reason = problem or "declared by the caller"
+        info = dict(centre=window.centre, width=window.width, name=window.name, declared=True)
+        return {**info, "confidence": 0.0 if problem else 1.0, "reason": reason}, [problem] if problem else []
+    est = estimate_window(grey)
+    info = dict(centre=est.centre, width=est.width, name=est.name, declared=False)
+    warnings = []
+    if est.unsure:
+        warnings.append(
+            f"image window not declared and estimated with low confidence ({est.confidence:.2f}): {est.reason}; "
+            "give the window the images were exported with (image_window, e.g. 'ctich', 'brain' or '40/80')"
+        )
+    return {**info, "confidence": est.confidence, "reason": est.reason}, warnings
+
+
+def grey_stack_to_hu(grey: np.ndarray, window: Window | None = None) -> tuple[np.ndarray, dict, list[str]]:
+    """Grey levels 0..255 -> HU under the declared or estimated window.
+
+    Args:
+        grey: (S, H, W) grey levels.
+        window: the window the images were exported with, or None to estimate it.
+
+    Returns:
+        (hu, input_window, warnings): float32 HU (outside air ``AIR_HU``, other clipped pixels at the window's
+        bounds), the ``meta["input_window"]`` record, and warnings for an unsure estimate or a doubtful declaration.
+    """
+    info, warnings = _window_used(grey, window)
+    hu = grey_to_hu(grey, info["centre"], info["width"])
+    hu[outside_air(grey)] = AIR_HU
+    return hu, info, warnings
+
+
+def _values_text(info: dict) -> str:
+    how = "declared" if info["declared"] else f"estimated, confidence {info['confidence']:.2f}"
+    return f"HU from grey by window {info['name']} {info['centre']:g}/{info['width']:g} ({how})"
+
+
 def load_images(
-    files: list[Path], limits: Limits | None = None, spacing: tuple[float, float, float] | None = None
+    files: list[Path],
+    limits: Limits | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    window: str | tuple[float, float] | Window | None = None,
 ) -> Volume:
-    """Load one PNG/JPG or a stack of them (see the module docstring for the order and folder rules).
+    """Load one PNG/JPG or a stack of them as HU (see the module docstring for the order and folder rules).
 
     Args:
         files: image paths in any order.
         limits: size limits (``Limits()`` by default).
         spacing: (slice, row, col) mm; ``DEFAULT_SPACING``, flagged as assumed, when None.
+        window: the window the images were exported with (``ichdemo.io.window.parse_window``: "ctich", "brain",
+            "40/80", (40, 80)...); None or "auto" estimates it from the images.
 
     Raises:
         UnsupportedInputError: images of different sizes.
         CorruptInputError: an unreadable image.
         UnsafeInputError: over a size limit.
+        ConfigError: a malformed ``window``.
     """
     limits = limits or Limits()
+    window = parse_window(window)
     chosen, warnings = choose_stack([Path(f) for f in files])
     what = "PNG/JPG image" if len(chosen) == 1 else "PNG/JPG stack"
-    vol = stack_images(chosen, limits, spacing or DEFAULT_SPACING, spacing_assumed=spacing is None, what=what)
-    vol.warnings = warnings + vol.warnings
-    return vol
+    grey, more = read_stack(chosen, limits, what)
+    hu, info, about_window = grey_stack_to_hu(grey, window)
+    used = spacing or DEFAULT_SPACING
+    return _image_volume(
+        hu,
+        chosen,
+        used,
+        spacing_assumed=spacing is None,
+        what=what,
+        values=_values_text(info),
+        prewindowed=False,
+        warnings=warnings + more + about_window + ([_spacing_warning(used)] if spacing is None else []),
+        meta={"files": len(chosen), "input_window": info},
+    )

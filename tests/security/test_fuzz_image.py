@@ -1,8 +1,9 @@
 """Property-based fuzzing of the PNG/JPEG reader (the third kind of upload): uploads are untrusted.
 
-Bit flips and overwritten bytes in small valid PNG and JPEG slices: ``load_volume`` returns a sane pre-windowed
-Volume or raises an ``IchdemoError``; PIL's own ValueError/SyntaxError/EOFError never escape (fuzzing found
-"Truncated IHDR chunk" and "broken PNG file" before ichdemo/io/image.py caught them).
+Bit flips and overwritten bytes in small valid PNG and JPEG slices: ``load_volume`` returns a sane Volume in HU
+(under the window it estimated, recorded in ``meta["input_window"]``) or raises an ``IchdemoError``; PIL's own
+ValueError/SyntaxError/EOFError never escape (fuzzing found "Truncated IHDR chunk" and "broken PNG file" before
+ichdemo/io/image.py caught them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from security_helpers import Blob, Files, assert_sane, load_in_sandbox
+
+from ichdemo.io.image import AIR_HU
 
 FUZZ = settings(
     derandomize=True,
@@ -45,7 +48,10 @@ def root(tmp_path_factory) -> Path:
 def check(name: str, data: bytes, root: Path) -> None:
     def inspect(volume):
         assert_sane(volume)
-        assert volume.prewindowed and volume.data.min() >= 0 and volume.data.max() <= 255
+        window = volume.meta["input_window"]
+        lo, hi = window["centre"] - window["width"] / 2, window["centre"] + window["width"] / 2
+        inside = volume.data != AIR_HU  # the black background becomes air; the rest stays inside the window
+        assert not volume.prewindowed and lo <= volume.data[inside].min(initial=lo) <= volume.data.max() <= hi
         assert volume.shape[0] == 1
 
     volume = load_in_sandbox(Files({name: data}), root, inspect=inspect)
