@@ -32,6 +32,7 @@ import numpy as np
 
 from ichdemo import __version__
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
+from ichdemo.errors import UnsupportedInputError
 from ichdemo.inference import LoadedModel, load_model
 from ichdemo.quantify import Thresholds, abc2_ml, algorithm1, scale_heatmaps, volumes_ml
 from ichdemo.refine import Anatomy, RefineParams, RefineResult, anatomy, refine
@@ -86,18 +87,28 @@ class Analysis:
     model_info: dict[str, Any] = field(default_factory=dict)
     hu: np.ndarray | None = field(default=None, repr=False)
     refine_params: RefineParams = field(default_factory=RefineParams)
+    refine_skipped: str | None = None
     _anatomy: Anatomy | None = field(default=None, repr=False)
 
     @property
     def anatomy(self) -> Anatomy | None:
-        """The series' intracranial mask and blood band (computed once; None without HU)."""
-        if self._anatomy is None and self.hu is not None:
-            self._anatomy = anatomy(self.hu, self.spacing, self.refine_params)
+        """The series' intracranial mask and blood band (computed once); None without HU, or when the CT cannot
+        tell blood from bone (a window saturating inside the blood band: ``refine_skipped`` says why)."""
+        if self._anatomy is None and self.hu is not None and self.refine_skipped is None:
+            try:
+                self._anatomy = anatomy(self.hu, self.spacing, self.refine_params)
+            except UnsupportedInputError as err:
+                self.refine_skipped = f"drafts not refined: {err}"
         return self._anatomy
 
+    @property
+    def refines(self) -> bool:
+        """True when ``labels`` can refine (HU present and their densities usable)."""
+        return self.anatomy is not None
+
     def refinement(self, thresholds: Thresholds | None = None) -> RefineResult | None:
-        """The refinement of Algorithm 1's labels under ``thresholds`` (None without HU)."""
-        if self.hu is None:
+        """The refinement of Algorithm 1's labels under ``thresholds`` (None when it cannot run: ``refines``)."""
+        if not self.refines:
             return None
         t = thresholds or self.thresholds
         raw = algorithm1(self.probs, self.maps255, t.class_thresholds, t.mask_thresholds)
@@ -108,7 +119,7 @@ class Analysis:
         """(S, H, W) uint8 label map (0 normal, k = CLASSES[k-1]): Algorithm 1, refined unless ``refined`` is False
         (or the analysis has no HU); cheap, no network."""
         t = thresholds or self.thresholds
-        if refined and self.hu is not None:
+        if refined and self.refines:
             return self.refinement(t).labels
         return algorithm1(self.probs, self.maps255, t.class_thresholds, t.mask_thresholds)
 
@@ -127,15 +138,17 @@ class Analysis:
             "model": self.model_info,
             "thresholds": t.to_dict(),
             "drafts": {
-                "method": "refined" if refined and self.hu is not None else "algorithm1",
-                "refine": self.refine_params.to_dict() if refined and self.hu is not None else None,
+                "method": "refined" if refined and self.refines else "algorithm1",
+                "refine": self.refine_params.to_dict() if refined and self.refines else None,
+                "refine_skipped": self.refine_skipped if refined else None,
                 "intracranial_ml": None if head is None else round(head, 2),
             },
             "classes": list(CLASSES),
             "spacing_mm": list(self.spacing),
             "volumes_ml": ml,
             "abc2_ml": abc2_ml(labels, self.spacing),
-            "warnings": implausible_volumes(ml, head, volume.spacing_assumed if volume is not None else False),
+            "warnings": implausible_volumes(ml, head, volume.spacing_assumed if volume is not None else False)
+            + ([self.refine_skipped] if refined and self.refine_skipped else []),
             "slices": [
                 {"index": i, "probabilities": {c: round(float(p), 5) for c, p in zip(CLASSES, row)},
                  "present": [c for c, p, thr in zip(CLASSES, row, t.class_thresholds) if p > thr]}

@@ -38,8 +38,11 @@ def slice_names(volume: Volume, name: str) -> list[str]:
 
 
 def grey8(volume: Volume) -> np.ndarray:
-    """(S, H, W) uint8 display images of the volume (brain window for HU)."""
-    unit = to_unit(volume.data, volume.prewindowed, REVIEW_WINDOW)
+    """(S, H, W) uint8 display images of the volume: PNG/JPG input through the window it was made with (the
+    annotator sees the images they gave), other HU through the brain window."""
+    w = volume.meta.get("input_window") or {}
+    window = (float(w["centre"]), float(w["width"])) if "centre" in w and "width" in w else REVIEW_WINDOW
+    unit = to_unit(volume.data, volume.prewindowed, window)
     return np.rint(unit * 255.0).astype(np.uint8)
 
 

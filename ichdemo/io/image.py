@@ -31,6 +31,7 @@ from scipy import ndimage
 from ichdemo.errors import CorruptInputError, IchdemoError, UnsafeInputError, UnsupportedInputError, brief
 from ichdemo.io.limits import Limits
 from ichdemo.io.nifti import grid_affine
+from ichdemo.io.spacing import CRANIAL_BREADTH_MM, estimate_in_plane_mm
 from ichdemo.io.window import Window, check_declared, estimate_window, grey_to_hu, parse_window
 from ichdemo.volume import Volume
 
@@ -286,7 +287,7 @@ def load_images(
     what = "PNG/JPG image" if len(chosen) == 1 else "PNG/JPG stack"
     grey, more = read_stack(chosen, limits, what)
     hu, info, about_window = grey_stack_to_hu(grey, window)
-    used = spacing or DEFAULT_SPACING
+    used, about_spacing = (spacing, []) if spacing else _estimated_spacing(hu)
     return _image_volume(
         hu,
         chosen,
@@ -295,6 +296,20 @@ def load_images(
         what=what,
         values=_values_text(info),
         prewindowed=False,
-        warnings=warnings + more + about_window + ([_spacing_warning(used)] if spacing is None else []),
+        warnings=warnings + more + about_window + about_spacing,
         meta={"files": len(chosen), "input_window": info},
     )
+
+
+def _estimated_spacing(hu: np.ndarray) -> tuple[tuple[float, float, float], list[str]]:
+    """Spacing for images that carry none: the pixel size from the skull's width (``ichdemo.io.spacing``) and the
+    usual 5 mm slices, else ``DEFAULT_SPACING``; with the warning that says which."""
+    px = estimate_in_plane_mm(hu)
+    if px is None:
+        return DEFAULT_SPACING, [_spacing_warning(DEFAULT_SPACING)]
+    used = (DEFAULT_SPACING[0], round(px, 4), round(px, 4))
+    return used, [
+        f"no voxel spacing in PNG/JPG: {px:.3f} mm pixels estimated from the skull's width (an adult's is about "
+        f"{CRANIAL_BREADTH_MM:g} mm) and {used[0]:g} mm slices assumed; volumes in mL are estimates (set the "
+        "spacing if you know it)"
+    ]

@@ -23,10 +23,14 @@ PLAUSIBLE_MM = (0.15, 1.5)
 """Pixel sizes outside this range mean the measurement failed (no skull, a cropped head)."""
 
 
+SATURATION_MARGIN_HU = 3.0
+"""How far below a saturated maximum the skull still counts (JPEG ringing; one grey level of 40/120 is 0.47 HU)."""
+
+
 def _bone_level(hu: np.ndarray) -> float:
     """``BONE_HU``, or just under the maximum when the data saturate below it (a windowed 8-bit image)."""
     top = float(hu.max())
-    return BONE_HU if top >= BONE_HU else top - 0.01 * max(1.0, top - float(hu.min()))
+    return BONE_HU if top >= BONE_HU else top - SATURATION_MARGIN_HU
 
 
 def skull_breadth_px(hu: np.ndarray) -> float | None:

@@ -83,7 +83,7 @@ def make_uploads(root: Path) -> list[Upload]:
         headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         ds = headers[0]
         values = (ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID, *(h.SOPInstanceUID for h in headers))
-        uploads.append(Upload(i, files, shape, ds.SeriesInstanceUID, ds.StudyInstanceUID, values, p.seed, 60 + 10 * i))
+        uploads.append(Upload(i, files, shape, ds.SeriesInstanceUID, ds.StudyInstanceUID, values, p.seed, 190 + 6 * i))
     assert len({u.series_uid for u in uploads}) == N_SESSIONS
     return uploads
 
