@@ -31,8 +31,8 @@ Physical values (defaults of ``RefineParams``) and where they come from:
 - a scanner whose brain reads dense (calibration offset, beam hardening) would put grey matter into a fixed band:
   the band's floor rises with the series' own brain density (``blood_band``), never below 50 HU.
 
-Inputs are Hounsfield units. For 8-bit images with a known window use ``grey_to_hu`` first (CT-ICH's JPEGs:
-window 40/120, HU = grey / 255 * 120 - 20).
+Inputs are Hounsfield units; ``ichdemo.io.load_volume`` converts 8-bit images back through their window first
+(CT-ICH's JPEGs: 40/120, HU = grey / 255 * 120 - 20).
 
 Speed, one CPU thread: about 5 ms per 512 x 512 phantom slice with every subtype gated, 6-12 ms per 650 x 650
 CT-ICH slice (noisier, more candidate regions), of which the intracranial mask is about 2-4 ms; a slice without a
@@ -294,17 +294,6 @@ def anatomy(hu: Any, spacing: Any, params: RefineParams | None = None) -> Anatom
 # ----------------------------------------------------------------------------------------------------- helpers
 
 
-def grey_to_hu(grey: Any, window: tuple[float, float] = (40.0, 120.0)) -> np.ndarray:
-    """8-bit grey levels of an image windowed at (centre, width) -> HU (values beyond the window are lost).
-
-    The default is CT-ICH's brain window (level 40, width 120): HU = grey / 255 * 120 - 20.
-    """
-    centre, width = float(window[0]), float(window[1])
-    if not (np.isfinite(centre) and np.isfinite(width) and width > 0):
-        raise ConfigError(f"window must be (centre, width) with width > 0, got {window!r}")
-    return np.asarray(grey, np.float32) * np.float32(width / 255.0) + np.float32(centre - width / 2.0)
-
-
 def _in_plane_mm(spacing: Any) -> tuple[float, float]:
     sp = check_spacing(spacing)
     return float(sp[1]), float(sp[2])
@@ -448,7 +437,7 @@ def intracranial_mask(hu: Any, spacing: Any, params: RefineParams | None = None)
     cut tangentially, a craniectomy) the closed bone's convex hull replaces it; a slice without bone is empty.
 
     Args:
-        hu: (S, H, W) Hounsfield units (8-bit windowed data converted with ``grey_to_hu``).
+        hu: (S, H, W) Hounsfield units (8-bit windowed images as ``ichdemo.io.load_volume`` converts them).
         spacing: (slice, row, col) mm.
         params: settings (defaults when None).
 
@@ -739,7 +728,7 @@ def refine(
     supports, typed by anatomy and heatmap mass (module docstring; ``subtype_rule`` for the typing).
 
     Args:
-        hu: (S, H, W) Hounsfield units on the source grid (``grey_to_hu`` for windowed 8-bit images).
+        hu: (S, H, W) Hounsfield units on the source grid (``ichdemo.io.load_volume`` converts windowed 8-bit images).
         probs: (S, 5) slice probabilities.
         maps255: (S, 5, H, W) heatmaps on the 0..255 scale, on the source grid (uint8 or float).
         raw_labels: (S, H, W) uint8 from ``algorithm1`` (0 normal, k = CLASSES[k - 1]).
