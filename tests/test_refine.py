@@ -10,11 +10,11 @@ from scipy import ndimage
 
 from ichdemo.constants import CLASSES
 from ichdemo.errors import ConfigError, UnsupportedInputError
+from ichdemo.io.window import grey_to_hu
 from ichdemo.phantom import generate_phantom
 from ichdemo.refine import (
     RefineParams,
     RefineResult,
-    grey_to_hu,
     intracranial_mask,
     refine,
     skull_threshold,
@@ -243,7 +243,7 @@ def test_works_on_a_saturated_8bit_volume(sdh_iph):
     """A 40/120 JPEG turned back into HU: bone saturates at 100 HU, air and fat at -20 HU."""
     p = sdh_iph
     grey = np.round(np.clip((p.hu + 20.0) / 120.0 * 255.0, 0, 255)).astype(np.uint8)
-    hu8 = grey_to_hu(grey, (40.0, 120.0))
+    hu8 = grey_to_hu(grey, 40.0, 120.0)
     assert hu8.min() == pytest.approx(-20.0) and hu8.max() == pytest.approx(100.0)
     raw, maps, probs = spilled_draft(p)
     full = refine(p.hu, probs, maps, raw, C, p.spacing)
