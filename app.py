@@ -34,6 +34,8 @@ from ichdemo.constants import CLASS_NAMES, CLASSES, RESEARCH_NOTICE, WINDOWS
 from ichdemo.errors import IchdemoError, brief
 from ichdemo.examples import PHANTOM_EXAMPLES, PhantomExamples
 from ichdemo.export.draft import available_formats
+from ichdemo.io import parse_spacing
+from ichdemo.io.window import PRESETS as IMAGE_WINDOWS
 from ichdemo.quantify import PAPER_MASK_THRESHOLDS, parse_thresholds
 from ichdemo.session import Session
 from ichdemo.teach import explain_slice
@@ -156,13 +158,16 @@ class App:
         return s, info_markdown(s.volume), slider, gr.update(choices=[], value=None), "Series loaded."
 
     @ui_errors
-    def load_files(self, files: Any, state: Session | None, request: gr.Request) -> tuple:
-        """Upload -> series (resets every model's results)."""
+    def load_files(
+        self, files: Any, image_window: str, spacing: str, state: Session | None, request: gr.Request
+    ) -> tuple:
+        """Upload -> series (resets every model's results); ``image_window`` and ``spacing`` say how PNG/JPG grey
+        levels were made and their voxel size (empty or "auto": estimated, and the info says so)."""
         if not files:
             return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip())
         paths = _upload_paths(files)
         s = _session(state, request)
-        s.load_files(paths)
+        s.load_files(paths, image_window=image_window or None, spacing=parse_spacing(spacing))
         return self._loaded(s)
 
     @ui_errors
@@ -487,6 +492,21 @@ def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
         elem_id="upload",
         height=220,
     )
+    with gr.Row():
+        ui.image_window = gr.Dropdown(
+            ["auto", *IMAGE_WINDOWS],
+            value="auto",
+            allow_custom_value=True,
+            label="PNG/JPG: how the grey levels were made",
+            info="auto: estimated from the image; or a preset, or CENTRE/WIDTH",
+            elem_id="image-window",
+        )
+        ui.spacing = gr.Textbox(
+            "",
+            label="PNG/JPG: voxel spacing (mm)",
+            info="SLICE,ROW,COL; empty: pixel size estimated from the skull",
+            elem_id="spacing",
+        )
     gr.Markdown("**Synthetic phantoms** (one click):")
     with gr.Row():
         ui.ph_buttons = [
@@ -495,8 +515,8 @@ def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
     ex_files, ex_labels = _examples_list()
     if ex_files:
         gr.Examples(
-            ex_files,
-            inputs=[ui.files],
+            [[f, "ctich"] for [f] in ex_files],  # the CT-ICH JPEGs carry the 40/120 window: declared, not estimated
+            inputs=[ui.files, ui.image_window],
             example_labels=ex_labels,
             examples_per_page=12,
             label="Real CT-ICH slices (CC BY 4.0; Hssayeni et al., PhysioNet)",
@@ -783,7 +803,11 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
         **net,
     )
     load = ui.files.change(
-        app.load_files, [ui.files, ui.state], load_out, api_name="load", api_visibility="undocumented"
+        app.load_files,
+        [ui.files, ui.image_window, ui.spacing, ui.state],
+        load_out,
+        api_name="load",
+        api_visibility="undocumented",
     )
     # chained and UI-only steps
     then_view(load.success(**analyze, **private()))

@@ -198,6 +198,7 @@ class AnnotateConfig:
         keep_heatmaps: keep predict's heatmaps.npz (large; off by default).
         threads: torch CPU threads per worker process (0: leave torch's default).
         refined: refine Algorithm 1's drafts with the CT's densities (``ichdemo.refine``); False: raw Algorithm 1.
+        image_window / spacing: how PNG/JPG grey levels were made and their voxel spacing (``load_volume``).
     """
 
     model: str
@@ -210,6 +211,8 @@ class AnnotateConfig:
     keep_heatmaps: bool = False
     threads: int = 0
     refined: bool = True
+    image_window: str | None = None
+    spacing: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -277,7 +280,8 @@ def _write_series(item: SeriesItem, lm, cfg: AnnotateConfig, tmp: Path) -> dict[
     from ichdemo.pipeline import analyze, save
 
     t0 = time.monotonic()
-    volume = load_volume(list(item.paths) if item.kind == "dicom" else item.paths[0])
+    src = list(item.paths) if item.kind == "dicom" else item.paths[0]
+    volume = load_volume(src, image_window=cfg.image_window, spacing=cfg.spacing)
     saved = save(analyze(lm, volume, batch_size=cfg.batch_size), volume, tmp, _thresholds(lm, cfg), cfg.formats,
                  source_paths=list(item.paths), heatmaps=cfg.keep_heatmaps, keep_phi=cfg.keep_phi, name=item.name,
                  refined=cfg.refined)

@@ -17,10 +17,17 @@ from ichdemo.constants import CLASSES
 from ichdemo.errors import ConfigError, IchdemoError
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    from ichdemo.io import describe, load_volume
+def _load(inp, args: argparse.Namespace):
+    """``load_volume`` with the --image-window and --spacing the user gave (images only)."""
+    from ichdemo.io import load_volume, parse_spacing
 
-    vol = load_volume(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+    return load_volume(inp, image_window=args.image_window, spacing=parse_spacing(args.spacing))
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ichdemo.io import describe
+
+    vol = _load(args.inputs if len(args.inputs) > 1 else args.inputs[0], args)
     if args.json:
         print(json.dumps(vol.summary(), indent=2))
     else:
@@ -50,7 +57,6 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ichdemo.io import load_volume
     from ichdemo.pipeline import analyze, load_model, save
 
     lm = load_model(args.model or hub.default_model(), device=args.device, runtime=args.runtime)
@@ -59,7 +65,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     formats = _parse_formats(args.format)
     names = [Path(p).name.split(".")[0] or f"input{i}" for i, p in enumerate(args.inputs)]
     for inp, name in zip(args.inputs, names):
-        vol = load_volume(inp)
+        vol = _load(inp, args)
         _check_formats(formats, vol, inp)
         target = out if len(args.inputs) == 1 else out / name
         saved = save(analyze(lm, vol, batch_size=args.batch_size), vol, target, thresholds, formats,
@@ -121,6 +127,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from ichdemo.annotate import AnnotateConfig, run
+    from ichdemo.io import parse_spacing
     from ichdemo.quantify import parse_thresholds
 
     cfg = AnnotateConfig(
@@ -134,6 +141,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         keep_heatmaps=args.keep_heatmaps,
         threads=args.threads,
         refined=args.refine != "none",
+        image_window=args.image_window,
+        spacing=parse_spacing(args.spacing),
     )
     res = run(args.input_root, args.output_root, cfg, workers=args.workers, retry_failed=args.retry_failed,
               progress=not args.no_progress)
@@ -161,6 +170,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+_WINDOW_HELP = ("how PNG/JPG grey levels were made: a preset (ctich = the CT-ICH JPEGs' 40/120, brain 40/80, "
+                "subdural, bone, paper, hu = grey level is HU) or CENTRE/WIDTH; default: estimated from the image "
+                "and said in the report")
+_SPACING_HELP = "voxel spacing SLICE,ROW,COL in mm for PNG/JPG input (default: pixel size estimated from the skull)"
 _REFINE_HELP = ("model: refine Algorithm 1's drafts with the CT's blood density inside the skull, with the model's "
                 "settings (default); none: the paper's raw Algorithm 1")
 _FORMATS_HELP = "export formats: nifti, dicom-seg, seg-nrrd, cvat, labelstudio, coco, overlay, or all"
@@ -176,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a CT input (DICOM folder/files/zip, NIfTI, PNG/JPG)")
     info.add_argument("inputs", nargs="+", help="a file, a folder, a .zip, or several files of one series")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.add_argument("--image-window", help=_WINDOW_HELP)
+    info.add_argument("--spacing", help=_SPACING_HELP)
     info.set_defaults(func=_cmd_info)
 
     ph = sub.add_parser("phantom", help="write a synthetic head CT with known hemorrhage masks")
@@ -197,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                     help="run the network in PyTorch or on ONNX Runtime (exported and cached on first use)")
     pr.add_argument("--refine", choices=("model", "none"), default="model", help=_REFINE_HELP)
+    pr.add_argument("--image-window", help=_WINDOW_HELP)
+    pr.add_argument("--spacing", help=_SPACING_HELP)
     pr.add_argument("--format", help=f"also export: comma-separated {_FORMATS_HELP}")
     pr.add_argument("--keep-phi", action="store_true", help="keep patient name/ID/birth date in DICOM SEG exports")
     pr.set_defaults(func=_cmd_predict)
@@ -219,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--mask-thresholds", help="5 comma-separated heatmap levels (IPH,IVH,SAH,SDH,EDH) in [0, 255]")
     an.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
     an.add_argument("--refine", choices=("model", "none"), default="model", help=_REFINE_HELP)
+    an.add_argument("--image-window", help=_WINDOW_HELP)
+    an.add_argument("--spacing", help=_SPACING_HELP)
     an.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK / cuda / cpu)")
     an.add_argument("--keep-phi", action="store_true", help="keep patient name/ID/birth date in DICOM SEG exports")
     an.add_argument("--keep-heatmaps", action="store_true", help="keep heatmaps.npz per series (large)")

@@ -100,8 +100,14 @@ class Session:
         self._memo.clear()
 
     # ------------------------------------------------------------------ input
-    def load_files(self, paths: str | Path | Sequence[str | Path]) -> Volume:
+    def load_files(
+        self, paths: str | Path | Sequence[str | Path], image_window: str | None = None, spacing=None
+    ) -> Volume:
         """Load an upload (files, a .zip, a NIfTI, images) and forget the previous series' results.
+
+        Args:
+            image_window / spacing: for PNG/JPG, how the grey levels were made and the voxel spacing
+                (``ichdemo.io.load_volume``; None: estimated).
 
         Raises:
             IchdemoError: the typed input errors of ``ichdemo.io.load_volume``.
@@ -110,7 +116,7 @@ class Session:
 
         if not paths:
             raise UnsupportedInputError("empty upload: choose DICOM files, a .zip, a NIfTI or PNG/JPG images")
-        return self.set_volume(load_volume(paths))
+        return self.set_volume(load_volume(paths, image_window=image_window, spacing=spacing))
 
     def set_volume(self, volume: Volume) -> Volume:
         """Make ``volume`` the session's series (drops every cached analysis)."""

@@ -133,6 +133,21 @@ def _expand(entries: list[Path], limits: Limits, tmp: Path) -> tuple[list[Path],
 
 
 # ------------------------------------------------------------------------------------------------------ loading
+def parse_spacing(text: str | None) -> tuple[float, float, float] | None:
+    """"SLICE,ROW,COL" in mm (a user's entry) -> three positive floats; None for an empty entry.
+
+    Raises:
+        ConfigError: not three positive numbers.
+    """
+    if text is None or not str(text).strip():
+        return None
+    try:
+        values = tuple(float(v) for v in str(text).replace(" ", "").split(","))
+    except ValueError:
+        raise ConfigError(f"spacing must be 3 numbers SLICE,ROW,COL in mm, e.g. 5,0.45,0.45; got {text!r}") from None
+    return _check_spacing(values)
+
+
 def _check_spacing(spacing) -> tuple[float, float, float] | None:
     if spacing is None:
         return None

@@ -41,7 +41,7 @@ def test_named_endpoints(client):
 
 def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
     files, phantom = phantom_series
-    info, slider, _, status = client.predict([handle_file(str(f)) for f in files], api_name="/load")
+    info, slider, _, status = client.predict([handle_file(str(f)) for f in files], "auto", "", api_name="/load")
     assert f"{phantom.shape[0]} slice(s)" in info and status == "Series loaded."
     assert slider["maximum"] == phantom.shape[0] - 1 and slider["value"] == phantom.shape[0] // 2
 
@@ -136,8 +136,8 @@ def test_bad_upload_is_a_message_and_the_server_keeps_serving(client, tmp_path, 
     bad = tmp_path / "broken.dcm"
     bad.write_bytes(b"definitely not DICOM")
     with pytest.raises(AppError, match="not a DICOM file"):
-        client.predict([handle_file(str(bad))], api_name="/load")
-    info, *_ = client.predict([handle_file(str(f)) for f in phantom_series[0]], api_name="/load")
+        client.predict([handle_file(str(bad))], "auto", "", api_name="/load")
+    info, *_ = client.predict([handle_file(str(f)) for f in phantom_series[0]], "auto", "", api_name="/load")
     assert "slice(s)" in info
 
 

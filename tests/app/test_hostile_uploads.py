@@ -43,7 +43,7 @@ def upload_of(src) -> list[Path]:
 
 def load(client: Client, files: list[Path]):
     """``/load`` of ``files``; fails the test when the server takes longer than ``LIMIT_S``."""
-    return client.submit([handle_file(str(f)) for f in files], api_name="/load").result(timeout=LIMIT_S)
+    return client.submit([handle_file(str(f)) for f in files], "auto", "", api_name="/load").result(timeout=LIMIT_S)
 
 
 def refusal(client: Client, files: list[Path]) -> str:
@@ -164,7 +164,7 @@ def test_upload_over_the_size_limit_is_refused_by_the_server(app_module, phantom
         c = Client(url, verbose=False)
         try:
             with pytest.raises(ValueError, match="exceeds the maximum file size of 65536 bytes"):
-                c.predict([handle_file(str(big))], api_name="/load")
+                c.predict([handle_file(str(big))], "auto", "", api_name="/load")
             assert "8 slice(s)" in load(c, phantom_series[0])[0]  # 8 files of 18 KB each: under the limit
         finally:
             c.close()
@@ -183,7 +183,7 @@ def handler(app_module, tmp_path):
         session_hash = f"hostile-{tmp_path.name}"
 
     app = app_module.App(ModelPool([]), PhantomExamples(tmp_path / "phantoms"))
-    yield lambda files: app.load_files([str(f) for f in files], None, Request())
+    yield lambda files: app.load_files([str(f) for f in files], "auto", "", None, Request())
     app_module._end_session(Request())
 
 

@@ -200,7 +200,7 @@ def session_round(url: str, up: Upload, model: str) -> dict[str, float]:
     """One browser session from upload to export; returns the exported volumes."""
     c = Client(url, verbose=False)
     try:
-        info, slider, _, status = c.predict([handle_file(str(f)) for f in up.files], api_name="/load")
+        info, slider, _, status = c.predict([handle_file(str(f)) for f in up.files], "auto", "", api_name="/load")
         n, rows, cols = up.shape
         assert status == "Series loaded." and f"seed {up.seed} " in info, info
         assert f"{n} slice(s) of {cols} x {rows} px" in info and slider["maximum"] == n - 1, info

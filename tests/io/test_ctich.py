@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from ichdemo.constants import CLASSES
-from ichdemo.errors import UnsupportedInputError
 from ichdemo.data import SliceStackDataset, open_source
+from ichdemo.errors import UnsupportedInputError
 from ichdemo.io.ctich import CSV_COLUMNS, CTICHDataset
 from train.pack_ctich import pack
 
