@@ -52,7 +52,8 @@ class TrainConfig:
     pos_weight: bool = False
     pos_weight_cap: float = 10.0
     sampling_power: float = 0.5
-    augment: bool = True
+    augment: bool | str = True
+    augment_args: dict = field(default_factory=dict)
     val_fraction: float = 0.2
     test_patients: str = ""
     keep: str = "best"
@@ -103,7 +104,10 @@ HELP: dict[str, str] = {
     "pos_weight": "weight positive slices in the BCE by negatives/positives per subtype",
     "pos_weight_cap": "upper bound of pos_weight",
     "sampling_power": "weighted sampling: weight = count(group)^-power (0 uniform, 1 balanced subtypes/normal)",
-    "augment": "random left-right flips of training batches",
+    "augment": "training augmentation: true or flip (random left-right flips), geometric (flips plus a random affine "
+    "transform per image, see augment_args; not with feature_cache_gb), false or none",
+    "augment_args": "augment geometric: ranges as a mapping, e.g. {rotate: 30, translate: 0.1, scale: [0.8, 1.2], "
+    "shear: 10} (degrees, fraction of the side, zoom factor; these are the defaults)",
     "val_fraction": "share of the (non-test) patients used for validation",
     "test_patients": "comma-separated patients held out of training and validation (e.g. 77,78,79,80,81)",
     "keep": "which weights the final checkpoint holds: best (highest validation AUROC) or last",
@@ -140,8 +144,40 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+AUGMENT_MODES: tuple[str, ...] = ("none", "flip", "geometric")
+
+
+def augment_mode(cfg: TrainConfig) -> str:
+    """``cfg.augment`` as one of ``AUGMENT_MODES`` (true means flip, as before geometric existed).
+
+    Raises:
+        ConfigError: a value that is none of them.
+    """
+    value = cfg.augment
+    if isinstance(value, bool):
+        return "flip" if value else "none"
+    low = str(value).strip().lower()
+    if low in ("true", "yes", "on", "1"):
+        return "flip"
+    if low in ("false", "no", "off", "0", ""):
+        return "none"
+    if low not in AUGMENT_MODES:
+        raise ConfigError(f"augment must be true/false or one of {', '.join(AUGMENT_MODES)}, got {value!r}")
+    return low
+
+
+def _parse_augment(text: str) -> bool | str:
+    low = str(text).strip().lower()
+    try:
+        return _parse_bool(low)
+    except argparse.ArgumentTypeError:
+        return low
+
+
 def _converter(name: str) -> Any:
     kind = _field_type(name)
+    if name == "augment":
+        return _parse_augment
     if kind is bool:
         return _parse_bool
     if kind is int:
@@ -212,6 +248,20 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"prior_init must be in [0, 1), got {cfg.prior_init}")
     if cfg.stage1_epochs < 0 or cfg.steps_per_epoch < 0 or cfg.feature_cache_gb < 0:
         raise ConfigError("stage1_epochs, steps_per_epoch and feature_cache_gb must be >= 0")
+    _validate_augment(cfg)
+
+
+def _validate_augment(cfg: TrainConfig) -> None:
+    from ichdemo.data.augment import AffineRanges
+
+    mode = augment_mode(cfg)
+    if cfg.augment_args and mode != "geometric":
+        raise ConfigError(f"augment_args applies to augment: geometric only (augment is {cfg.augment!r})")
+    AffineRanges.from_dict(cfg.augment_args)
+    if mode == "geometric" and cfg.feature_cache_gb > 0:
+        raise ConfigError("augment: geometric warps every training image anew, but feature_cache_gb keeps one "
+                          "encoding per slice and flip (it would train on stale, unwarped features): set "
+                          "feature_cache_gb: 0, or augment: flip to keep the cache")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -23,12 +23,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ichdemo.data.augment import AffineRanges, random_affine, warp
 from ichdemo.data.sampling import WeightedEpochSampler, sample_weights
 from ichdemo.data.series import SliceStackDataset
 from ichdemo.metrics import auroc_per_class
 from ichdemo.models import build_loss, create_model, normalize_input
 from ichdemo.models.pretrained import load_backbone_weights
-from train.config import TrainConfig
+from train.config import TrainConfig, augment_mode
 
 STATE_FILE = "state.pt"
 """Resumable training state (model, optimiser, epoch, best score, history, RNG) inside the output folder."""
@@ -248,11 +249,31 @@ def make_loader(
                       drop_last=len(data) >= cfg.batch_size * rt.world_size, persistent_workers=False)
 
 
-def to_input(batch: dict, model: nn.Module, rt: Runtime, flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Batch images [0, 1] -> normalised model input on the device (flipped left-right where ``flip``)."""
+def draw_augmentation(cfg: TrainConfig, n: int, gen: torch.Generator
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(flip (n,) bool or None, theta (n, 2, 3) or None) for a batch of ``n`` images, drawn from ``gen``.
+
+    ``augment`` flip (or true) draws the flips exactly as before geometric existed; geometric draws the same flips,
+    then one random affine transform per image (``augment_args``, see ``ichdemo.data.augment``).
+    """
+    mode = augment_mode(cfg)
+    if mode == "none":
+        return None, None
+    flip = torch.rand(n, generator=gen) < 0.5
+    if mode == "flip":
+        return flip, None
+    return flip, random_affine(n, gen, AffineRanges.from_dict(cfg.augment_args))
+
+
+def to_input(batch: dict, model: nn.Module, rt: Runtime, flip: torch.Tensor | None = None,
+             theta: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch images [0, 1] -> normalised model input on the device (flipped left-right where ``flip``, then warped
+    by the affine ``theta`` (B, 2, 3), zeros = air outside, before normalisation)."""
     x = batch["image"].to(rt.device, non_blocking=True)
     if flip is not None and bool(flip.any()):
         x = torch.where(flip.to(rt.device)[:, None, None, None], x.flip(-1), x)
+    if theta is not None:
+        x = warp(x, theta)
     x = normalize_input(x, unwrap(model).ich_cfg)
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
@@ -294,6 +315,9 @@ class FeatureCache:
 def feature_cache(cfg: TrainConfig, model: nn.Module, rt: Runtime) -> FeatureCache | None:
     """The run's feature cache: for a frozen encoder in a single process when ``cfg.feature_cache_gb`` > 0."""
     if cfg.feature_cache_gb <= 0 or not getattr(unwrap(model), "frozen_encoder", False):
+        return None
+    if augment_mode(cfg) == "geometric":  # make_config refuses this; a hand-built config lands here
+        print("feature_cache_gb ignored: augment geometric changes every image", file=sys.stderr, flush=True)
         return None
     if rt.distributed:
         print("feature_cache_gb ignored: DDP runs encode every batch", file=sys.stderr, flush=True)
@@ -348,8 +372,8 @@ def train_epoch(
     for i, batch in enumerate(loader):
         if i >= steps:
             break
-        flip = torch.rand(batch["image"].shape[0], generator=gen) < 0.5 if cfg.augment else None
-        x = to_input(batch, model, rt, flip)
+        flip, theta = draw_augmentation(cfg, batch["image"].shape[0], gen)
+        x = to_input(batch, model, rt, flip, theta)
         y = batch["labels"].to(rt.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, base_lr, epoch, global_step)

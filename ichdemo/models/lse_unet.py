@@ -30,6 +30,15 @@ literal formula.
 with the whole image pooled, the trained LSE-UNet wrote its evidence into the air around the head, on training and
 held-out slices alike, because a large receptive field lets any cell report a lesion seen anywhere; hemorrhage is
 never outside the head, so the pooled evidence is restricted to where it can be.
+
+``pool_region="intracranial"`` (not in the paper) narrows that region to the inside of the skull
+(``intracranial_mask``): bone is the middle slice at or above ``BONE_LEVEL`` (the CT-ICH brain window 40/120 and the
+paper's 25/130 both saturate bone at 1.0), closed over gaps of up to ``BONE_CLOSE_PX`` pixels; a pixel is inside
+the skull when bone lies on its row to its left and right and on its column above and below (a four-direction
+enclosure test: a convex-ish ring fills exactly, concavities of the skull base fill partly), it is not bone itself
+and not air. Scalp, skull and the air around the head are never pooled, so evidence written there cannot raise a
+logit. Built from fixed-size max pooling, cumulative sums and flips only, so the model stays ONNX-exportable (opset
+11 or later). An image without an enclosed interior (no skull in the slice) falls back to the ``"foreground"`` cells.
 """
 
 from __future__ import annotations
@@ -63,9 +72,17 @@ ENCODERS: tuple[str, ...] = (
 
 LEVEL_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 
-POOL_REGIONS: tuple[str, ...] = ("image", "foreground")
+POOL_REGIONS: tuple[str, ...] = ("image", "foreground", "intracranial")
 FOREGROUND_LEVEL = 0.02
 """Grey level in [0, 1] (about 5 of 255) above which an input pixel is head rather than air."""
+
+BONE_LEVEL = 0.97
+"""Grey level in [0, 1] at or above which an input pixel is bone (``pool_region="intracranial"``): 96 HU in CT-ICH's
+40/120 window, above which only bone and calcification lie (acute blood is 50 to 90 HU)."""
+
+BONE_CLOSE_PX = 2
+"""Bone is dilated by this many pixels before the enclosure test, so that a thin or JPEG-broken stretch of skull
+(a gap of up to 2 * BONE_CLOSE_PX pixels) still encloses."""
 
 OUTSIDE = -1e4
 """Pixel logit given to cells outside the pooled region (exp of it is 0 in float32)."""
@@ -90,6 +107,29 @@ def lse_pool(x: torch.Tensor, r: float = 3.0, mean: bool = True, region: torch.T
 def whole_if_empty(region: torch.Tensor) -> torch.Tensor:
     """(B, 1, h, w) bool cells to pool over, with every cell of an image whose region is empty (nothing to pool)."""
     return region | ~region.flatten(1).any(dim=1)[:, None, None, None]
+
+
+def intracranial_mask(unit: torch.Tensor, bone_level: float = BONE_LEVEL, close_px: int = BONE_CLOSE_PX
+                      ) -> torch.Tensor:
+    """Pixels inside the skull: (B, 1, H, W) grey levels in [0, 1] -> (B, 1, H, W) bool (module docstring).
+
+    A pixel is inside when bone, dilated by ``close_px``, lies on its row to the left and right and on its column
+    above and below and the pixel is not in that dilated bone; the result is dilated back by ``close_px`` (to the
+    inner table, not across the bone to the scalp) and bone and air (``FOREGROUND_LEVEL``) are taken out. Fixed-size
+    ops only (max pooling, cumsum, flip), so it exports to ONNX.
+    """
+    bone = unit >= bone_level
+    shell = bone.float()
+    if close_px > 0:
+        shell = F.max_pool2d(shell, kernel_size=2 * close_px + 1, stride=1, padding=close_px)
+    left = shell.cumsum(-1) > 0
+    right = shell.flip(-1).cumsum(-1).flip(-1) > 0
+    above = shell.cumsum(-2) > 0
+    below = shell.flip(-2).cumsum(-2).flip(-2) > 0
+    inside = (left & right & above & below & (shell == 0)).float()  # strictly inside the closed shell
+    if close_px > 0:  # back out to the inner table: the closing cost the brain a band of close_px pixels
+        inside = F.max_pool2d(inside, kernel_size=2 * close_px + 1, stride=1, padding=close_px)
+    return (inside > 0) & ~bone & (unit > FOREGROUND_LEVEL)
 
 
 def select_levels(reductions: Sequence[int]) -> list[int]:
@@ -221,13 +261,17 @@ class LseUnet(nn.Module):
         )
 
     def regions(self, x: torch.Tensor, maps: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-        """Per level, the (B, 1, h_k, w_k) cells pooled over (``pool_region="foreground"``; all of them for an image
-        without head), else None."""
+        """Per level, the (B, 1, h_k, w_k) cells pooled over (``pool_region="foreground"`` or ``"intracranial"``;
+        all of them for an image without head), else None."""
         if self.pool_region == "image":
             return None
         c = x.shape[1] // 2  # the middle slice of the stack
         unit = x[:, c : c + 1].float() * self.ich_cfg["std"][c] + self.ich_cfg["mean"][c]
         head = (unit > FOREGROUND_LEVEL).float()
+        if self.pool_region == "intracranial":
+            inside = intracranial_mask(unit).float()
+            found = inside.flatten(1).amax(dim=1)[:, None, None, None]  # 1.0 where the slice has a skull interior
+            head = found * inside + (1.0 - found) * head  # else the head, as "foreground" (float: ONNX Runtime)
         regions = []
         for stride, f in zip(LEVEL_STRIDES, maps):
             cells = F.max_pool2d(head, kernel_size=stride, stride=stride, ceil_mode=True)  # constant sizes: ONNX
@@ -238,7 +282,7 @@ class LseUnet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Output:
         """x (B, in_chans, H, W) normalised -> ``Output`` with logits (B, C), maps [f0..f3], level_logits [l0..l3]
-        and, with ``pool_region="foreground"``, the pooled cells of each level."""
+        and, with ``pool_region`` "foreground" or "intracranial", the pooled cells of each level."""
         return self.decode(x, self.encode(x))
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from timm.layers import LayerNorm2d, SEModule
@@ -182,3 +183,113 @@ def test_foreground_pooling_ignores_the_air_around_the_head():
     assert torch.allclose(got.logits, ref.logits, atol=1e-5) and torch.allclose(got.raw, ref.raw, atol=1e-4)
     with pytest.raises(ModelError, match="pool_region"):
         create_model(TINY, pool_region="brain")
+
+
+def _phantom_unit(size: int = 128, subtypes: tuple[str, ...] = ("SDH",)):
+    """A phantom's middle slices in CT-ICH's 40/120 window, resized to ``size``: (stack (1, 3, s, s), masks)."""
+    import torch.nn.functional as F
+
+    from ichdemo.phantom import generate_phantom
+
+    p = generate_phantom(seed=1, subtypes=subtypes, shape=(16, 256, 256))
+    s = int(np.argmax(p.slice_labels.any(axis=1) * (p.masks["brain"].sum(axis=(1, 2)))))  # a lesion slice
+    unit = torch.from_numpy(np.clip((p.hu[s - 1 : s + 2] + 20.0) / 120.0, 0, 1)).float()[None]
+    unit = F.interpolate(unit, size=(size, size), mode="area")
+
+    def down(mask: np.ndarray) -> np.ndarray:  # a pixel of the size grid holds some of the mask
+        t = torch.from_numpy(mask.astype(np.float32))[None, None]
+        return F.adaptive_max_pool2d(t, (size, size))[0, 0].numpy() > 0
+
+    def core(mask: np.ndarray) -> np.ndarray:  # the pixels of the size grid wholly inside the mask
+        t = torch.from_numpy(mask.astype(np.float32))[None, None]
+        return -F.adaptive_max_pool2d(-t, (size, size))[0, 0].numpy() > 0
+
+    inner = p.masks["brain"][s] | (p.labels[s] > 0)  # the brain mask leaves out the collections it gives way to
+    masks = {"brain": core(inner), "brain_any": down(inner),
+             "head": down(p.masks["head"][s]), "skull_core": core(p.masks["skull"][s]),
+             "lesion": core(p.labels[s] > 0)}
+    return unit, masks
+
+
+def test_intracranial_mask_is_the_inside_of_the_phantom_skull():
+    from ichdemo.models.lse_unet import intracranial_mask
+
+    unit, m = _phantom_unit()
+    inside = intracranial_mask(unit[:, 1:2])[0, 0].numpy()
+    assert not (inside & ~m["brain_any"]).any()  # never scalp, air or the skull's outside
+    assert not (inside & m["skull_core"]).any()  # never bone
+    assert inside[m["brain"]].mean() > 0.95  # nearly all of the brain
+    assert m["lesion"].any() and inside[m["lesion"]].all()  # the SDH along the inner table included
+    assert inside.sum() < 0.9 * m["head"].sum()  # a real narrowing of "foreground"
+
+
+def test_intracranial_pooling_ignores_scalp_skull_and_air():
+    """pool_region="intracranial": nothing the decoder writes outside the skull can raise a logit, while the same
+    evidence inside does (so the check can fail)."""
+    from ichdemo.models.registry import normalize_input
+
+    torch.manual_seed(0)
+    model = create_model(TINY, pool_region="intracranial", lse_mean=False).eval()
+    assert model.ich_cfg["model_args"]["pool_region"] == "intracranial"
+    unit, m = _phantom_unit()
+    x = normalize_input(unit, model.ich_cfg)
+    with torch.no_grad():
+        out = model(x)
+        fg = create_model(TINY, pool_region="foreground", lse_mean=False).eval()
+        fg.load_state_dict(model.state_dict())
+        head = fg(x).regions
+        for k, (inner, outer) in enumerate(zip(out.regions, head)):
+            assert inner.shape == out.maps[k].shape[:1] + (1,) + out.maps[k].shape[2:]
+            assert not (inner & ~outer).any() and inner.sum() < outer.sum()  # inside the head, smaller
+        region = out.regions[0][0, 0]
+        assert region.any() and not region[0].any() and not region[:, 0].any()  # the image border is air
+        for level in model.levels:
+            level.head.bias.fill_(-5.0)
+        before = model(x).level_logits
+        hooks = [lv.head.register_forward_hook(lambda mod, i, o, r=r: o.masked_fill(~r, 50.0))
+                 for lv, r in zip(model.levels, out.regions)]
+        after = model(x).level_logits
+        for h in hooks:
+            h.remove()
+        hook = model.levels[0].head.register_forward_hook(lambda mod, i, o: o.masked_fill(region, 50.0))
+        raised = model(x).logits
+        hook.remove()
+    for b, a in zip(before, after):
+        assert torch.allclose(b, a, atol=1e-5)
+    assert (raised > before[0] + 10).all()
+
+
+def test_intracranial_falls_back_to_the_head_without_a_skull():
+    from ichdemo.models.registry import normalize_input
+
+    model = create_model(TINY, pool_region="intracranial").eval()
+    fg = create_model(TINY, pool_region="foreground").eval()
+    fg.load_state_dict(model.state_dict())
+    unit = torch.zeros(2, 3, 128, 128)
+    unit[0, :, 40:90, 30:100] = 0.5  # soft tissue, no bone: the head as "foreground" has it
+    unit[1, :, 20:108, 20:108] = 1.0  # a skull ring around brain
+    unit[1, :, 26:102, 26:102] = 0.5
+    x = normalize_input(unit, model.ich_cfg)
+    with torch.no_grad():
+        got, ref = model(x).regions, fg(x).regions
+    assert torch.equal(got[0][0], ref[0][0])
+    ring = got[0][1, 0]
+    assert ring[7:25, 7:25].all() and not ring[:5].any() and ring.sum() < ref[0][1, 0].sum()
+
+
+def test_intracranial_model_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ichdemo.models.registry import normalize_input
+    from ichdemo.onnx_model import OnnxModel, export_onnx
+
+    torch.manual_seed(0)
+    model = create_model(TINY, pool_region="intracranial").eval()
+    path = export_onnx(model, tmp_path / "m.onnx", 128)
+    unit, _ = _phantom_unit()
+    plain = torch.zeros(1, 3, 128, 128)
+    plain[:, :, 40:90, 30:100] = 0.5  # no skull: the fallback branch
+    x = normalize_input(torch.cat([unit, plain]), model.ich_cfg)
+    got = OnnxModel(path).run(x.numpy())
+    with torch.no_grad():
+        ref = model(x).logits.numpy()
+    assert np.abs(got["logits"] - ref).max() < 1e-3
