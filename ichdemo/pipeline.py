@@ -74,7 +74,9 @@ class Analysis:
         spacing: (slice, row, col) mm of the source grid.
         thresholds: the model's calibrated thresholds (the default for ``labels``).
         model_info: ``LoadedModel.describe()``.
-        hu: (S, H, W) the series in HU (the volume's own array, not a copy), for the refinement; None disables it.
+        hu: (S, H, W) the series in HU as the model sees it, for the refinement: clipped at the top of the model's
+            window, so that a DICOM series and the same CT as an 8-bit export in that window (CT-ICH's JPEGs) are
+            refined alike (dense blood and bone both saturate there); None disables the refinement.
         refine_params: the model's refinement settings.
     """
 
@@ -193,8 +195,10 @@ def analyze(
     out = lm.run(x, batch_size, method, progress=(lambda done: progress(done, total)) if progress else None)
     t = lm.thresholds
     maps255 = maps_on_grid(out.native, t, spec)
-    return Analysis(lm.name, out.probs, maps255, out.native.astype(np.float16), vol.spacing, t, lm.describe(),
-                    None if vol.prewindowed else vol.data, lm.cfg.refine)
+    centre, width = lm.cfg.window
+    hu = None if vol.prewindowed else np.minimum(vol.data, np.float32(centre + width / 2))
+    return Analysis(lm.name, out.probs, maps255, out.native.astype(np.float16), vol.spacing, t, lm.describe(), hu,
+                    lm.cfg.refine)
 
 
 @dataclass
