@@ -113,13 +113,16 @@ def read_grey(path: str | Path, limits: Limits | None = None) -> tuple[np.ndarra
 
 
 def choose_stack(files: list[Path]) -> tuple[list[Path], list[str]]:
-    """Leave out mask images; keep the folder with most images; return them in natural order, with warnings."""
+    """Leave out mask images; keep the folder with most images (every image, when each has a folder of its own, as
+    the app's uploads do); return them in natural order of their names, with warnings."""
     warnings = []
     masks = [f for f in files if is_mask_name(f)]
     if masks and len(masks) < len(files):
         files = [f for f in files if not is_mask_name(f)]
         warnings.append(f"left out {len(masks)} mask image(s) (names ending in _seg/_mask/_label)")
     folders = Counter(f.parent for f in files)
+    if len(folders) == len(files):  # one image per folder: files uploaded together (a web server gives each upload
+        return sorted(files, key=natural_key), warnings  # its own folder) are one stack, in the names' natural order
     if len(folders) > 1:
         best = max(folders, key=lambda d: (folders[d], d.name.lower() == "brain", -sorted(folders).index(d)))
         others = ", ".join(f"{d.name}/ ({n})" for d, n in folders.items() if d != best)

@@ -205,3 +205,12 @@ def test_session_end_removes_the_temp_folder(app_module, tmp_path):
     app_module._drop_state(t)  # gr.State's delete_callback (tab closed for an hour, or time_to_live)
     assert not other.exists()
     app_module._drop_state(None)  # a state never filled
+
+
+def test_several_images_uploaded_together_are_one_series(client):
+    """Gradio stores every uploaded file in a folder of its own; the images are one stack all the same."""
+    jpgs = sorted((REPO / "examples" / "ctich").glob("*.jpg"))[:3]
+    info, slider, _, status = client.predict([handle_file(str(f)) for f in jpgs], "ctich", "", api_name="/load")
+    assert "3 slice(s)" in info and slider["maximum"] == 2, info
+    report, _ = client.predict([handle_file(str(f)) for f in jpgs], "lse_tiny", api_name="/predict")
+    assert report["models"]["lse_tiny"]["input"]["slices"] == 3

@@ -252,3 +252,17 @@ def test_stack_images_keeps_grey_for_training(tmp_path):
 def save_array(path, grey):
     Image.fromarray(grey, "L").save(path)
     return path
+
+
+def test_files_uploaded_together_are_one_stack_whatever_folders_they_sit_in(tmp_path):
+    """A web server puts every uploaded file in a folder of its own (Gradio: one hash folder each): the files are
+    one series all the same, in the natural order of their names, masks still left out."""
+    for n in (10, 2, 1):
+        (tmp_path / f"h{n}").mkdir()
+        save_grey(tmp_path / f"h{n}" / f"{n}.jpg", 10 * n)
+    (tmp_path / "hm").mkdir()
+    save_grey(tmp_path / "hm" / "2_HGE_Seg.jpg", 255)
+    files = sorted(tmp_path.rglob("*.jpg"))  # upload order is not name order
+    vol = load_volume(files, **GREY)
+    assert vol.slice_names == ["1", "2", "10"]
+    assert vol.shape[0] == 3 and not any("folders" in w for w in vol.warnings)
