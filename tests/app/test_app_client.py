@@ -191,20 +191,22 @@ def test_upload_limit_and_queue_settings(app_url, app_module):
     assert "render" not in network
 
 
-def test_session_end_removes_the_temp_folder(app_module, tmp_path):
+def test_session_end_removes_the_temp_folder(tmp_path):
+    from webui import callbacks
+
     class Request:  # what gr.Request offers the unload callback
         session_hash = "abc123"
 
-    s = app_module._session(None, Request())
+    s = callbacks._session(None, Request())
     folder = s.folder
     assert folder.is_dir()
-    app_module._end_session(Request())
-    assert not folder.exists() and "abc123" not in app_module._SESSIONS
-    t = app_module._session(None)
+    callbacks._end_session(Request())
+    assert not folder.exists() and "abc123" not in callbacks._SESSIONS
+    t = callbacks._session(None)
     other = t.folder
-    app_module._drop_state(t)  # gr.State's delete_callback (tab closed for an hour, or time_to_live)
+    callbacks._drop_state(t)  # gr.State's delete_callback (tab closed for an hour, or time_to_live)
     assert not other.exists()
-    app_module._drop_state(None)  # a state never filled
+    callbacks._drop_state(None)  # a state never filled
 
 
 def test_several_images_uploaded_together_are_one_series(client):
