@@ -9,7 +9,8 @@ annotation is used, so this can guide the choice of a training recipe without to
 
 Reported per model: ``hit`` (peak inside a blood region), ``hit_tol`` (within ``--tolerance`` input pixels of
 one), ``chance`` (the share of the intracranial area that the blood regions cover, averaged over the same slices:
-what a peak dropped at random inside the skull would score), ``in_skull`` (peak inside the skull), and the
+what a peak dropped at random inside the skull would score), ``in_skull`` (peak inside the skull), ``flat_maps``
+(slices whose map is zero everywhere: no peak, counted as misses), and the
 validation slice AUROC computed the same way for every model (uncached float input, all validation slices).
 
 Everything is on the model's input grid (``--size``, letterboxed): HU = grey * 120 - 20 (CT-ICH's 40/120 JPEGs),
@@ -80,7 +81,7 @@ def pointing(model_dir: Path, data: SliceStackDataset, rows: list[int], blood: d
     every = predict(model, data, maps=False)
     pred = predict(model, data, rows, maps=True)
     grow = np.ones((2 * tolerance + 1,) * 2, np.uint8)
-    hit = hit_tol = in_skull = n = no_region = 0
+    hit = hit_tol = in_skull = n = no_region = flat = 0
     chance: list[float] = []
     per_class = {c: [0, 0] for c in CLASSES}
     for j, r in enumerate(rows):
@@ -93,6 +94,7 @@ def pointing(model_dir: Path, data: SliceStackDataset, rows: list[int], blood: d
         heat = cv2.resize(pred.raw[j, k].astype(np.float32), (data.size, data.size), interpolation=cv2.INTER_LINEAR)
         y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
         n += 1
+        flat += not heat.max() > 0  # an all-zero map has no peak: its "peak" is the first pixel, a miss
         got = bool(region[y, x])
         hit += got
         hit_tol += bool(cv2.dilate(region.astype(np.uint8), grow)[y, x])
@@ -105,6 +107,7 @@ def pointing(model_dir: Path, data: SliceStackDataset, rows: list[int], blood: d
         "model": str(model_dir), "positive_slices": len(rows), "scored": n, "no_region": no_region,
         "hit": hit / n if n else None, "hit_tol": hit_tol / n if n else None, "tolerance_px": tolerance,
         "chance": float(np.mean(chance)) if chance else None, "in_skull": in_skull / n if n else None,
+        "flat_maps": flat,
         "hits_by_subtype": {c: f"{h}/{m}" for c, (h, m) in per_class.items() if m},
         "val_auroc": {k: round(float(v), 4) for k, v in auroc.items()},
     }
