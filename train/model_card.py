@@ -27,15 +27,19 @@ def _row(values: dict, keys) -> str:
     return "| " + " | ".join(fmt(values.get(k)) for k in keys) + " |"
 
 
-def _metrics(ev: dict) -> list[str]:
+def _metrics(ev: dict, calibrated_on: str = "") -> list[str]:
+    """The evaluation section; ``calibrated_on`` is the calibration's mask part (config.json)."""
     keys = [*CLASSES, "AVG"]
+    optimistic = calibrated_on == "test"
+    calibrated = ("which were tuned on these same slices (optimistic)" if optimistic else
+                  f"which never saw them (calibrated on {calibrated_on or 'other patients'})")
     out = [
         f"AUROC on {ev['auroc_slices']} validation slices (patients held out of training, `{ev['auroc_part']}` part):",
         "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys), _row(ev["auroc"], keys), "",
         f"Dice on the {ev['mask_slices']} masked slices of patients {', '.join(ev['mask_patients'])} (never trained "
         f"on; input grid {ev['input_size']} px). The masks mark any hemorrhage, so subtype Dice counts only slices "
         "with a single subtype; *lopo* picks mask thresholds on four patients and scores the fifth (the honest "
-        "figure), *calibrated* uses the thresholds below, which were tuned on these same slices (optimistic).",
+        f"figure), *calibrated* uses the thresholds below, {calibrated}.",
         "", "| thresholds | Normal | " + " | ".join(CLASSES) + " | AVG | any ICH |", "|" + "---|" * 9,
     ]
     for name in ("lopo", "calibrated", "true_gate"):
@@ -119,8 +123,9 @@ def card(config: dict, ev: dict | None, name: str, drafts: dict | None = None) -
         f"- Mask thresholds (0..255 heatmap): {t.get('mask_thresholds')}; heatmap scale: {t.get('scale_mode')}",
         f"- How: {config.get('calibration', {}).get('summary', 'see train.calibrate')}", "",
     ]
+    calibration = config.get("calibration") or {}
     if ev:
-        lines += ["## Evaluation (`python -m train.evaluate`)", "", *_metrics(ev), ""]
+        lines += ["## Evaluation (`python -m train.evaluate`)", "", *_metrics(ev, str(calibration.get("mask_part", ""))), ""]
     if drafts:
         lines += ["## Drafts on held-out data (`python -m train.evaluate_drafts`)", "", *_drafts(drafts), ""]
     lines += [
