@@ -123,9 +123,9 @@ def card(config: dict, ev: dict | None, name: str, drafts: dict | None = None) -
         f"- Mask thresholds (0..255 heatmap): {t.get('mask_thresholds')}; heatmap scale: {t.get('scale_mode')}",
         f"- How: {config.get('calibration', {}).get('summary', 'see train.calibrate')}", "",
     ]
-    calibration = config.get("calibration") or {}
+    calibrated_on = str((config.get("calibration") or {}).get("mask_part", ""))
     if ev:
-        lines += ["## Evaluation (`python -m train.evaluate`)", "", *_metrics(ev, str(calibration.get("mask_part", ""))), ""]
+        lines += ["## Evaluation (`python -m train.evaluate`)", "", *_metrics(ev, calibrated_on), ""]
     if drafts:
         lines += ["## Drafts on held-out data (`python -m train.evaluate_drafts`)", "", *_drafts(drafts), ""]
     lines += [
