@@ -26,7 +26,7 @@ from ichdemo.io import parse_spacing
 from ichdemo.quantify import parse_thresholds
 from ichdemo.session import Session
 from ichdemo.teach import explain_slice
-from webui.text import heatmap_rows_markdown, info_markdown, legend_html
+from webui.text import heatmap_rows_markdown, info_markdown, legend_html, warnings_html
 
 log = logging.getLogger("ichdemo.app")
 
@@ -211,9 +211,7 @@ class App:
         if ref is None:
             return (overlay, raw, legend_html(), panels, rows_md, agree, rows, None, [])
         res = s.results(ref, i)
-        legend = legend_html(res.volumes_ml, res.present) + "".join(
-            f'<div class="ich-warning">⚠ {html.escape(w, quote=False)}</div>' for w in res.warnings
-        )
+        legend = legend_html(res.volumes_ml, res.present) + warnings_html(res.warnings)
         return (overlay, raw, legend, panels, rows_md, agree, rows, res.figure, res.rows)
 
     @ui_errors

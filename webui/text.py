@@ -6,6 +6,7 @@ browser shows is formatted here, next to the CSS classes it uses.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 
 from ichdemo.catalogue import NO_MODEL_HELP, UNTRAINED, ModelPool
@@ -57,6 +58,11 @@ def agreement_legend_html() -> str:
         )
         + "</div>"
     )
+
+
+def warnings_html(warnings: Sequence[str]) -> str:
+    """One highlighted line per warning (implausible volumes...), escaped."""
+    return "".join(f'<div class="ich-warning">⚠ {html.escape(w, quote=False)}</div>' for w in warnings)
 
 
 def info_markdown(volume: Volume | None) -> str:
