@@ -1,0 +1,215 @@
+"""What a person waits for in the browser: the app served as `python app.py` serves it, driven by headless Chromium.
+
+    python -m bench.browser --json docs/bench_browser.json      # then: python -m bench.run ... --md docs/BENCHMARKS.md
+
+The series is the 29 brain-window JPEGs of CT-ICH patient 066 (a training patient; ../shared/data/ct-ich), selected
+together in the upload box as a user would; without the dataset, a 29-slice phantom written as JPEGs. The app runs
+its bundled models with their default selection. Figures (medians over repeats; each from the user's action to the
+moment the last picture it changed has loaded in the page):
+
+    ui_first_heatmap_s   files chosen -> the first draft overlay of the results model visible        (target <= 5 s)
+    ui_slice_ms          one step of the slice slider (keyboard) -> every picture of the slice shown  (<= 250 ms)
+    ui_threshold_ms      one mask-threshold slider move (0 <-> 255, a subtype present on the slice) on the 29-slice series -> view redrawn      (<= 500 ms)
+    ui_model_switch_ms   another results model picked -> its sliders and view shown                   (<= 500 ms)
+    ui_analysis_s        files chosen -> every chosen model run and shown (no target; the rest of the wait)
+
+Needs Debian's chromium (/usr/bin/chromium) and playwright (requirements-dev.txt); never `playwright install`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CTICH = ROOT.parent / "shared" / "data" / "ct-ich" / "Patients_CT"
+PATIENT = "066"
+CHROMIUM = Path("/usr/bin/chromium")
+TARGETS = {"ui_first_heatmap_s": 5.0, "ui_slice_ms": 250.0, "ui_threshold_ms": 500.0, "ui_model_switch_ms": 500.0}
+
+# Every <img> that finishes loading inside these elements is stamped with performance.now(); an action's time is
+# the last stamp after it, once the page has been quiet for QUIET_MS.
+WATCH = ["#overlay", "#raw-overlay", "#agreement", "#heatmaps", "#truth"]
+QUIET_MS = 600
+WATCH_JS = """(sel) => {
+  window.__loads = [];
+  document.addEventListener('load', (e) => {
+    const t = e.target;
+    if (t.tagName === 'IMG' && sel.some((s) => t.closest(s))) window.__loads.push([performance.now(), t.closest(sel.find((s) => t.closest(s))).id]);
+  }, true);
+}"""
+
+
+def series_files(folder: Path) -> list[Path]:
+    """The 29 CT-ICH JPEGs of the benchmark patient, or a 29-slice phantom written as 40/120 JPEGs."""
+    src = CTICH / PATIENT / "brain"
+    files = sorted((f for f in src.glob("*.jpg") if "HGE" not in f.name), key=lambda f: int(f.stem)) if src.is_dir() else []
+    if files:
+        return files
+    import cv2
+
+    from ichdemo.io.window import hu_to_grey
+    from ichdemo.phantom import generate_phantom
+
+    p = generate_phantom(7, ("IPH", "SDH"), shape=(29, 512, 512))
+    out = []
+    for i, hu in enumerate(p.hu):
+        path = folder / f"{i + 1}.jpg"
+        cv2.imwrite(str(path), hu_to_grey(hu, (40, 120)))
+        out.append(path)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited: see {log}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("app.py did not start in 180 s")
+
+
+def settle(page, t0: float, timeout_s: float = 120.0) -> float:
+    """Seconds from ``t0`` (page clock, ms) to the last picture loaded after it, once the page is quiet."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        loads = [t for t, _ in page.evaluate("window.__loads") if t > t0]
+        now = page.evaluate("performance.now()")
+        if loads and now - max(loads) > QUIET_MS:
+            return (max(loads) - t0) / 1000
+        page.wait_for_timeout(50)
+    raise TimeoutError("no picture changed after the action")
+
+
+def first_load(page, t0: float, target: str, timeout_s: float = 120.0) -> float:
+    """Seconds from ``t0`` to the first picture loaded in ``target`` (an element id) after it."""
+    page.wait_for_function(
+        "([t0, id]) => window.__loads.some(([t, el]) => t > t0 && el === id)", arg=[t0, target], timeout=timeout_s * 1000
+    )
+    return (min(t for t, el in page.evaluate("window.__loads") if t > t0 and el == target) - t0) / 1000
+
+
+def measure(url: str, files: list[Path], repeats: int, shots: Path | None) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(300_000)
+        page.goto(url)
+        page.wait_for_selector("#upload")
+        page.evaluate(WATCH_JS, WATCH)
+
+        t0 = page.evaluate("performance.now()")
+        page.set_input_files("#upload input[type=file]", [str(f) for f in files])
+        first = first_load(page, t0, "overlay")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Ran')", timeout=600_000)
+        analysis = settle(page, t0)
+        info = page.inner_text("#series-info")
+        if shots:
+            page.screenshot(path=str(shots / "bench_analyzed.png"), full_page=True)
+
+        def timed(action) -> float:
+            page.wait_for_timeout(QUIET_MS)
+            t = page.evaluate("performance.now()")
+            action()
+            return settle(page, t) * 1000
+
+        rng = page.locator("#slice input[type=range]")
+        slice_ms = []
+        for k in range(repeats):
+            rng.focus()
+            slice_ms.append(timed(lambda k=k: rng.press("ArrowRight" if k % 2 == 0 else "ArrowLeft")))
+        present = [c for c in ("EDH", "IPH", "SDH", "IVH", "SAH") if f"{c}: p=" in page.inner_text("#heatmaps")]
+        cls = next((c for c in present if "present" in page.inner_text("#heatmaps").split(f"{c}: p=")[1][:40]), "IPH")
+        msk = page.locator(f"#mask-{cls} input[type=range]")
+        threshold_ms = []
+        for k in range(repeats):  # a present subtype's mask threshold 0 paints it wherever it leads, 255 nowhere
+            msk.focus()
+            threshold_ms.append(timed(lambda k=k: msk.press("Home" if k % 2 == 0 else "End")))
+        switch_ms = []
+        for k in range(repeats):
+            page.click("#results-model input")
+            opts = page.locator("ul[role=listbox] li")
+            opts.nth((k + 1) % max(opts.count(), 1)).wait_for()
+            switch_ms.append(timed(lambda k=k, opts=opts: opts.nth((k + 1) % opts.count()).click()))
+        if shots:
+            page.screenshot(path=str(shots / "bench_after.png"), full_page=True)
+        browser.close()
+    return {
+        "series": info.splitlines()[0] if info else "",
+        "ui_first_heatmap_s": round(first, 2),
+        "ui_analysis_s": round(analysis, 2),
+        "ui_slice_ms": round(statistics.median(slice_ms), 1),
+        "ui_threshold_ms": round(statistics.median(threshold_ms), 1),
+        "ui_model_switch_ms": round(statistics.median(switch_ms), 1),
+        "samples": {"slice_ms": slice_ms, "threshold_ms": threshold_ms, "model_switch_ms": switch_ms},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", required=True, help="where to write the figures")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--url", help="an app already running (default: start python app.py on a free port)")
+    p.add_argument("--screenshots", type=Path, help="folder for screenshots of the benchmarked page")
+    args = p.parse_args(argv)
+    if not CHROMIUM.exists():
+        print("Debian chromium is missing: apt-get install chromium", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        files = series_files(Path(tmp))
+        proc = None
+        url = args.url
+        if not url:
+            port = _free_port()
+            proc = start_app(port, Path(tmp) / "app.log")
+            url = f"http://127.0.0.1:{port}/"
+        try:
+            result = measure(url, files, args.repeats, args.screenshots)
+        finally:
+            if proc:
+                proc.terminate()
+                proc.wait(30)
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPU threads",
+        "source": f"CT-ICH patient {PATIENT}, {len(files)} JPEGs" if CTICH.is_dir() else "phantom, 29 JPEGs",
+        **result,
+        "targets": TARGETS,
+        "met": {k: bool(result[k] <= v) for k, v in TARGETS.items()},
+    }
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
