@@ -33,7 +33,7 @@ from ichdemo.io.window import PRESETS as IMAGE_WINDOWS
 from ichdemo.quantify import PAPER_MASK_THRESHOLDS
 from ichdemo.viz import VOLUME_HEADERS
 from webui.cache import DEFAULT_SCHEDULE, cache_schedule, server_lifespan
-from webui.callbacks import App, _drop_state, _end_session
+from webui.callbacks import VIEW_ALL, VIEW_SLICE, App, _drop_state, _end_session
 from webui.text import (
     CSS,
     NOTICE_HTML,
@@ -98,17 +98,24 @@ errors come back as one-line messages.
 
 
 def _threshold_sliders() -> tuple[list[gr.Slider], list[gr.Slider]]:
+    """The ten threshold sliders; "Reset to calibrated" (not a per-slider reset, which would restore the build
+    default rather than the model's calibration) brings them back."""
     gr.Markdown(
-        "**Class thresholds c_k**: a subtype is present on a slice when its probability is above c_k. "
-        + ", ".join(f"{c} = {CLASS_NAMES[c].lower()}" for c in CLASSES)
-        + "."
+        "**Class thresholds c_k (probability, %)**: a subtype is present on a slice when its probability is above "
+        "c_k. Calibrated thresholds are often far below 50%: the model's probabilities are not calibrated "
+        "frequencies. " + ", ".join(f"{c} = {CLASS_NAMES[c].lower()}" for c in CLASSES) + "."
     )
     with gr.Row():
-        cls = [gr.Slider(0.0, 1.0, value=0.5, step=0.01, label=c, elem_id=f"cls-{c}", min_width=150) for c in CLASSES]
-    gr.Markdown("**Mask thresholds m_k**: where present, pixels whose heatmap (0..255) is above m_k form the mask.")
+        cls = [
+            gr.Slider(0.0, 100.0, value=50.0, step=0.001, label=f"{c} (%)", elem_id=f"cls-{c}", min_width=150,
+                      buttons=[])
+            for c in CLASSES
+        ]
+    gr.Markdown("**Mask thresholds m_k (heatmap, 0..255)**: where present, pixels whose heatmap is above m_k form "
+                "the mask (Algorithm 1).")
     with gr.Row():
         msk = [
-            gr.Slider(0, 255, value=v, step=1, label=c, elem_id=f"mask-{c}", min_width=150)
+            gr.Slider(0, 255, value=v, step=1, label=c, elem_id=f"mask-{c}", min_width=150, buttons=[])
             for c, v in zip(CLASSES, PAPER_MASK_THRESHOLDS)
         ]
     return cls, msk
@@ -177,6 +184,9 @@ def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
         # Gradio copies the example files into its cache once, here, and the examples keep pointing at those
         # copies; delete_cache would remove them like any upload after its age, breaking every example.
         ui.files.keep_in_cache.update(ui.files.temp_files)
+    ui.add_files = gr.Checkbox(
+        False, label="Add the next upload to this series (off: a new upload replaces it)", elem_id="add-files"
+    )
     ui.info = gr.Markdown("No series loaded yet.", elem_id="series-info")
     ui.models = gr.CheckboxGroup(
         pool.choices(), value=pool.default_selection(), label="Models to compare", elem_id="models"
@@ -194,7 +204,13 @@ def _viewer_column(ui: SimpleNamespace) -> None:
     with gr.Row():
         ui.index = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice", scale=3)
         ui.window = gr.Dropdown(
-            list(WINDOWS), value="paper", label="Window", scale=1, info="display only; models use their own window"
+            list(WINDOWS),
+            value="paper",
+            allow_custom_value=True,
+            label="Window",
+            scale=1,
+            info="a preset or CENTRE/WIDTH in HU, e.g. 40/80; display only",
+            elem_id="window",
         )
     ui.refine = gr.Checkbox(
         True,
@@ -219,8 +235,8 @@ def _heatmap_section(ui: SimpleNamespace) -> None:
         False,
         label="Show the native heatmap grid (nearest neighbour) instead of the smooth map that Algorithm 1 thresholds",
     )
-    ui.heat_rows = gr.Markdown(elem_id="heatmap-rows")
-    ui.gallery = _gallery("Heatmaps", 5, elem_id="heatmaps")
+    gr.Markdown("One row per model (name, family, native heatmap grid under it); click a row for it full size.")
+    ui.gallery = _gallery("Heatmaps", 1, elem_id="heatmaps")
     ui.agree_table = gr.Dataframe(
         headers=AGREEMENT_HEADERS,
         label="Agreement over the series (pairs of models)",
@@ -362,60 +378,47 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
         *[ui.state, ui.models, ui.results_ref, ui.index, ui.window],
         *[ui.mask_opacity, ui.heat_opacity, ui.native, ui.refine],
     ]
-    view_out = [
-        *[ui.overlay, ui.raw_overlay, ui.legend, ui.gallery, ui.heat_rows],
-        *[ui.agree, ui.agree_table, ui.curves, ui.table],
-    ]
-    load_out = [ui.state, ui.info, ui.index, ui.results_ref, ui.status]
-    net = {"concurrency_id": "network", "concurrency_limit": 1}
+    view_all = [getattr(ui, name) for name in VIEW_ALL]
+    view_slice = view_all[: len(VIEW_SLICE)]
+    net = {"concurrency_id": "network", "concurrency_limit": CONCURRENCY}
     analyze = {
         "fn": app.analyze,
-        "inputs": [ui.state, ui.models, ui.results_ref],
-        "outputs": [ui.state, ui.status, ui.results_ref, *sliders],
+        "inputs": view_in,
+        "outputs": [ui.state, ui.status, ui.index, ui.results_ref, ui.files, *sliders, *view_all],
+        "show_progress_on": [ui.status],  # the bar (model, slices done of all) where the status is read
         **net,
     }
     private = _private_names()
+    mesh = {"fn": app.render_3d, "inputs": [ui.state, ui.results_ref], "outputs": ui.plot3d}
+    quiet = {"trigger_mode": "always_last", "show_progress": "hidden", "queue": False}  # no queue round trip
 
-    def then_view(event: Any, step: str = "success") -> None:
-        getattr(event, step)(app.render, view_in, view_out, **private()).then(
-            app.render_3d, [ui.state, ui.results_ref], ui.plot3d, **private()
-        )
-
-    # public endpoints
-    then_view(ui.analyze_btn.click(**analyze, api_name="analyze", api_visibility="undocumented"))
-    gr.on(
-        [
-            *[ui.index.input, ui.window.change, ui.mask_opacity.release, ui.heat_opacity.release],
-            *[ui.native.change, ui.refine.change],
-        ],
+    ui.analyze_btn.click(**analyze, api_name="analyze", api_visibility="undocumented").then(**mesh, **private())
+    gr.on(  # what a slice step, a window or an opacity changes: the slice's pictures only
+        [ui.index.input, ui.window.change, ui.mask_opacity.release, ui.heat_opacity.release, ui.native.change],
         app.render,
         view_in,
-        view_out,
+        view_slice,
         api_name="render",
         api_visibility="undocumented",
-        trigger_mode="always_last",
-        show_progress="hidden",
+        **quiet,
     )
+    ui.refine.change(app.render_all, view_in, view_all, **quiet, **private()).then(**mesh, **private())
     gr.on(
         [s.input for s in sliders],
         app.set_thresholds,
         [*view_in, *sliders],
-        [ui.state, *view_out],
+        [ui.state, *view_all],
         api_name="set_thresholds",
         api_visibility="undocumented",
-        trigger_mode="always_last",
-        show_progress="hidden",
+        **quiet,
     )
-    then_view(
-        ui.reset_btn.click(
-            app.reset_thresholds,
-            [ui.state, ui.results_ref],
-            [ui.state, *sliders],
-            api_name="reset_thresholds",
-            api_visibility="undocumented",
-        ),
-        "then",
-    )
+    ui.reset_btn.click(
+        app.reset_thresholds,
+        [ui.state, ui.results_ref],
+        [ui.state, *sliders],
+        api_name="reset_thresholds",
+        api_visibility="undocumented",
+    ).then(app.render_all, view_in, view_all, **private()).then(**mesh, **private())
     ui.update3d.click(
         app.render_3d, [ui.state, ui.results_ref], ui.plot3d, api_name="view_3d", api_visibility="undocumented"
     )
@@ -457,24 +460,22 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
     )
     load = ui.files.change(
         app.load_files,
-        [ui.files, ui.image_window, ui.spacing, ui.state],
-        load_out,
+        [ui.files, ui.image_window, ui.spacing, ui.add_files, ui.state],
+        [ui.state, ui.info],  # a failed upload marks the series info and nothing else: the viewer stays as it was
         api_name="load",
         api_visibility="undocumented",
     )
     # chained and UI-only steps
-    then_view(load.success(**analyze, **private()))
+    after_load = {**analyze, "fn": app.analyze_new}
+    load.success(**after_load, **private()).then(**mesh, **private())
     for btn in ui.ph_buttons:
-        then_view(btn.click(app.load_phantom, [btn, ui.state], load_out, **private()).success(**analyze, **private()))
-    then_view(ui.results_ref.input(app.pick_results_model, [ui.state, ui.results_ref], sliders, **private()), "then")
-    gr.on(
-        [s.release for s in sliders],
-        app.render_3d,
-        [ui.state, ui.results_ref],
-        ui.plot3d,
-        trigger_mode="always_last",
-        **private(),
+        btn.click(app.load_phantom, [btn, ui.state], [ui.state, ui.info], **private()).success(
+            **after_load, **private()
+        ).then(**mesh, **private())
+    ui.results_ref.input(app.pick_results_model, view_in, [*sliders, *view_all], **quiet, **private()).then(
+        **mesh, **private()
     )
+    gr.on([s.release for s in sliders], **mesh, trigger_mode="always_last", **private())
 
 
 def _private_names() -> Callable[[], dict[str, str]]:
@@ -534,7 +535,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "default: $ICHDEMO_MODELS, $ICHDEMO_MODELS_FILE, else checkpoints/",
     )
     p.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="largest upload per file, e.g. 500mb (default 1gb)")
-    p.add_argument("--no-warm", action="store_true", help="do not pre-generate the phantom examples at start-up")
+    p.add_argument(
+        "--no-warm", action="store_true", help="skip the start-up warm-up (phantom examples, models)"
+    )
     return p.parse_args(argv)
 
 
@@ -552,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.models:
         demo = build_demo(ModelPool([r.strip() for r in args.models.split(",") if r.strip()]))
     if not args.no_warm:
-        demo.ichdemo_app.phantoms.warm()
+        demo.ichdemo_app.warm()
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(args.max_file_size))
 
 

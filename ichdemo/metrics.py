@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
@@ -74,8 +75,13 @@ def confusion_matrix(pred: Any, true: Any, num_classes: int = 6) -> np.ndarray:
     for arr, what in ((pred, "prediction"), (true, "truth")):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ValueError(f"{what} labels must lie in 0..{num_classes - 1}, got {arr.min()}..{arr.max()}")
+    n2 = num_classes * num_classes
+    if n2 <= 256 and true.size:  # one uint8 code per voxel and OpenCV's histogram: a series in milliseconds
+        code = true.astype(np.uint8).ravel() * np.uint8(num_classes) + pred.astype(np.uint8).ravel()
+        hist = cv2.calcHist([code.reshape(-1, 1)], [0], None, [n2], [0, n2])
+        return np.rint(hist.ravel()).astype(np.int64).reshape(num_classes, num_classes)
     idx = true.astype(np.intp).ravel() * num_classes + pred.astype(np.intp).ravel()
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(idx, minlength=n2).reshape(num_classes, num_classes)
 
 
 def dice_from_confusion(cm: np.ndarray) -> np.ndarray:

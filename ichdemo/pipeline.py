@@ -103,6 +103,15 @@ class Analysis:
                 self.refine_skipped = f"drafts not refined: {err}"
         return self._anatomy
 
+    def share_anatomy(self, other: Analysis) -> bool:
+        """Take ``other``'s computed anatomy when both see the series alike (same clipped HU, same refinement
+        settings): one intracranial mask per series, not one per model. Returns True when taken."""
+        same = (other._anatomy is not None and other.refine_params == self.refine_params and self.hu is not None
+                and other.hu is not None and other.hu.shape == self.hu.shape and np.array_equal(other.hu, self.hu))
+        if same:
+            self._anatomy = other._anatomy
+        return same
+
     @property
     def refines(self) -> bool:
         """True when ``labels`` can refine (HU present and their densities usable)."""

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import shutil
@@ -26,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ichdemo import viz
 from ichdemo.catalogue import NO_MODEL_HELP, ModelPool, Progress, run_models
-from ichdemo.constants import CLASSES
+from ichdemo.constants import CLASSES, WINDOWS
 from ichdemo.errors import UnsupportedInputError
 from ichdemo.export.images import safe_name
 from ichdemo.pipeline import implausible_volumes, maps_on_grid
@@ -40,6 +42,9 @@ from ichdemo.volume import Volume
 
 log = logging.getLogger(__name__)
 KEEP_DRAFTS = 2  # export zips kept per session: the app runs at most two requests of one event at once
+KEEP_PICTURES = 64  # viewer pictures kept per session folder (the app's file cache holds the copies it serves)
+STRIP_TILE = 256  # side of one subtype's heatmap in a model's strip (px)
+PICTURE_QUALITY = 95  # JPEG quality of the viewer's pictures
 Runner = Callable[..., dict]
 
 
@@ -66,6 +71,9 @@ class Session:
         refined: drafts refined with the CT's densities (``ichdemo.refine``); False shows the paper's raw
             Algorithm 1.
         base_dir: parent of the session's temp folder (default: the system temp folder).
+        uploaded: the uploaded files the series was read from, by fingerprint (the app's upload box).
+        fresh: "loaded", "replaced" (the series is not all the upload box holds) or "cleared" until the viewer has
+            been reset for the new series; "" after.
     """
 
     volume: Volume | None = None
@@ -73,10 +81,14 @@ class Session:
     thresholds: dict[str, Thresholds] = field(default_factory=dict)
     refined: bool = True
     base_dir: str | None = None
+    uploaded: dict[str, str] = field(default_factory=dict)
+    fresh: str = ""
     _labels: dict[tuple[str, bool], tuple[Thresholds, np.ndarray]] = field(default_factory=dict, repr=False)
     _memo: dict[tuple, Any] = field(default_factory=dict, repr=False)  # series-wide numbers per thresholds
+    _slices: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)  # the last grey slices drawn
     _folder: Path | None = field(default=None, repr=False)
     _drafts: list[Path] = field(default_factory=list, repr=False)  # export zips in the folder, oldest first
+    _pictures: list[Path] = field(default_factory=list, repr=False)  # viewer PNGs in the folder, oldest first
 
     # ------------------------------------------------------------------ files
     @property
@@ -93,11 +105,39 @@ class Session:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
         self._drafts.clear()
+        self._pictures.clear()
+        self.uploaded = {}
         self.volume = None
         self.analyses.clear()
         self.thresholds.clear()
         self._labels.clear()
         self._memo.clear()
+        self._slices.clear()
+
+    def picture(self, rgb: np.ndarray) -> Path:
+        """An (H, W, 3) RGB picture as a JPEG (quality ``PICTURE_QUALITY``) in the session folder, named by its
+        content, for a viewer to serve; the newest ``KEEP_PICTURES`` files are kept.
+
+        JPEG, not PNG: encoding a 650 px PNG takes 15 ms against 1 ms, and a slice step redraws six pictures.
+        The viewer is for looking; exports carry the exact labels.
+        """
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, PICTURE_QUALITY])
+        if not ok:
+            raise ValueError("could not encode the picture")
+        folder = self.folder / "view"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{hashlib.blake2b(buf, digest_size=12).hexdigest()}.jpg"
+        if path in self._pictures:
+            self._pictures.remove(path)
+        else:
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(buf.tobytes())
+            tmp.replace(path)  # atomic: a reader never sees half a picture
+        self._pictures.append(path)
+        while len(self._pictures) > KEEP_PICTURES:
+            self._pictures.pop(0).unlink(missing_ok=True)
+        return path
 
     # ------------------------------------------------------------------ input
     def load_files(
@@ -125,6 +165,7 @@ class Session:
         self.thresholds.clear()
         self._labels.clear()
         self._memo.clear()
+        self._slices.clear()
         return volume
 
     def require_volume(self) -> Volume:
@@ -166,6 +207,7 @@ class Session:
         todo = self.missing(refs)
         if todo:
             for ref, analysis in (runner or run_models)(pool, todo, vol, progress).items():
+                any(analysis.share_anatomy(a) for a in self.analyses.values())  # one intracranial mask per series
                 self.analyses[ref] = analysis
                 self.thresholds.setdefault(ref, analysis.thresholds)
         return todo
@@ -205,8 +247,14 @@ class Session:
 
     # ------------------------------------------------------------------ views
     def base_rgb(self, index: int, window: str = "paper") -> np.ndarray:
+        """The slice in grey under a display window: a preset of ``WINDOWS`` or "centre/width" in HU."""
         vol = self.require_volume()
-        return viz.slice_rgb(vol.data[self.clamp_index(index)], vol.prewindowed, window)
+        key = (self.clamp_index(index), display_window(window))
+        if key not in self._slices:  # the overlays, strips and agreement of one view share one grey slice
+            while len(self._slices) >= 4:
+                self._slices.pop(next(iter(self._slices)))
+            self._slices[key] = viz.slice_rgb(vol.data[key[0]], vol.prewindowed, key[1])
+        return self._slices[key]
 
     def overlay(
         self, ref: str | None, index: int, window: str = "paper", opacity: float = 0.45, refined: bool | None = None
@@ -219,11 +267,12 @@ class Session:
             return base
         return viz.label_overlay(base, self.labels(ref, refined)[i], opacity)
 
-    def heatmap_panels(
+    def heatmap_strips(
         self, refs: Sequence[str], index: int, window: str = "paper", opacity: float = 0.5, native: bool = False
     ) -> list[tuple[np.ndarray, str]]:
-        """One picture per (model, subtype) for the slice: the heatmap over the slice, captioned with the slice
-        probability against the class threshold and the native heatmap grid.
+        """One picture per model run: the slice's five subtype heatmaps side by side (``STRIP_TILE`` px each, the
+        subtype and its probability written on each), captioned with the model, its family and native grid and
+        every probability.
 
         Args:
             native: draw the map at its native grid (nearest neighbour) instead of the smooth upsampled map that
@@ -232,25 +281,18 @@ class Session:
         i = self.clamp_index(index)
         base = self.base_rgb(i, window)
         out = []
-        for ref in refs:
+        for name, ref in zip(self.display_names(refs), refs):
             if ref not in self.analyses:
                 continue
             a = self.analyses[ref]
-            t = self.thresholds.get(ref, a.thresholds)
             maps = self.native_on_source(ref, i) if native else a.maps255[i]
             n = a.native.shape[-1]
-            for k, c in enumerate(CLASSES):
-                p = float(a.probs[i, k])
-                mark = "present" if p > t.class_thresholds[k] else "absent"
-                cap = f"{c}: p={p:.2f} ({mark}, c={t.class_thresholds[k]:.2f}) · {a.model} · native {n}x{n}"
-                out.append((viz.heatmap_overlay(base, maps[k], opacity), cap))
+            texts = [f"{c} {percent(a.probs[i, k])}" for k, c in enumerate(CLASSES)]
+            strip = viz.heatmap_strip(base, maps, texts, opacity, STRIP_TILE, nearest=native)
+            family = a.model_info.get("family", "")
+            cap = f"{name} ({family}, native {n}x{n}) · " + " · ".join(t.replace(" ", " p=", 1) for t in texts)
+            out.append((strip, cap))
         return out
-
-    def heatmap_rows(self, refs: Sequence[str]) -> list[tuple[str, int]]:
-        """(display name, native heatmap side) of the models of ``refs`` that have run: the rows of
-        ``heatmap_panels``, in order."""
-        run = [r for r in refs if r in self.analyses]
-        return [(name, self.analyses[r].native.shape[-1]) for name, r in zip(self.display_names(run), run)]
 
     def native_on_source(self, ref: str, index: int) -> np.ndarray:
         """(5, H, W) uint8: slice ``index``'s native heatmaps scaled like ``maps255`` and drawn on the source grid
@@ -264,14 +306,24 @@ class Session:
     def agreement(self, refs: Sequence[str], index: int, window: str = "paper") -> tuple[np.ndarray, list[list]]:
         """Agreement picture of the slice and pairwise agreement rows over the series (needs 2 models run)."""
         run = [r for r in refs if r in self.analyses]
-        i = self.clamp_index(index)
-        base = self.base_rgb(i, window)
+        base = self.base_rgb(index, window)
         if len(run) < 2:
             return base, []
-        labs = {name: self.labels(r) for name, r in zip(self.display_names(run), run)}
-        codes = viz.agreement_codes([lab[i] for lab in labs.values()])
-        key = ("agreement", self.refined, *((r, self.thresholds.get(r)) for r in run))
-        return viz.agreement_overlay(base, codes), self._remember(key, lambda: viz.agreement_rows(labs))
+        codes = viz.agreement_codes([self.labels(r)[self.clamp_index(index)] for r in run])
+        return viz.agreement_overlay(base, codes), self.agreement_rows(run)
+
+    def agreement_rows(self, refs: Sequence[str]) -> list[list]:
+        """Pairwise agreement rows over the series (``viz.agreement_rows``), each pair computed once per the two
+        models' thresholds: a slider move recomputes only the pairs of the model it moves."""
+        run = [r for r in refs if r in self.analyses]
+        names = dict(zip(run, self.display_names(run)))
+        rows = []
+        for i, a in enumerate(run):
+            for b in run[i + 1 :]:
+                key = ("agreement", self.refined, a, self.thresholds.get(a), b, self.thresholds.get(b))
+                row = self._remember(key, lambda a=a, b=b: viz.agreement_row(self.labels(a), self.labels(b)))
+                rows.append([names[a], names[b], *row])
+        return rows
 
     def _remember(self, key: tuple, compute: Callable[[], Any], limit: int = 64) -> Any:
         """Series-wide numbers (volumes, agreement) computed once per thresholds, not on every slice move."""
@@ -286,7 +338,7 @@ class Session:
         names = [self.analyses[r].model if r in self.analyses else r for r in refs]
         return [n if names.count(n) == 1 else r for n, r in zip(names, refs)]
 
-    def results(self, ref: str, index: int | None = None) -> ResultsView:
+    def results(self, ref: str) -> ResultsView:
         """Curves, volume table and legend of a model under its current thresholds."""
         a = self.require_analysis(ref)
         vol = self.require_volume()
@@ -303,10 +355,7 @@ class Session:
             return ml, abc, rows, [c for c in CLASSES if ml[c] > 0], warnings
 
         ml, abc, rows, present, warnings = self._remember(("volumes", ref, t, self.refined), compute)
-        title = f"{a.model}: slice probabilities (dashed: class thresholds)"
-        fig = viz.probability_figure(
-            a.probs, t.class_thresholds, None if index is None else self.clamp_index(index), title
-        )
+        fig = viz.probability_figure(a.probs, t.class_thresholds, f"{a.model}: slice probabilities")
         return ResultsView(fig, rows, ml, abc, present, warnings)
 
     def mesh(self, ref: str):
@@ -345,3 +394,24 @@ class Session:
         while len(self._drafts) > KEEP_DRAFTS:  # older drafts were served (copied away) already
             self._drafts.pop(0).unlink(missing_ok=True)
         return zpath, saved.skipped
+
+
+def percent(p: float) -> str:
+    """A probability in percent with three significant digits, so that calibrated thresholds such as 0.0036 and
+    0.00003 read as 0.36% and 0.003% rather than 0.00 (below 0.001%: "<0.001%")."""
+    v = 100.0 * float(p)
+    return f"{v:.3g}%" if v >= 0.001 or v == 0 else "<0.001%"
+
+
+def display_window(window: str | tuple[float, float] | None) -> str | tuple[float, float]:
+    """A display window: a preset name of ``WINDOWS``, or "centre/width" text in HU (``io.window.parse_window``).
+
+    Raises:
+        ConfigError: text that is neither.
+    """
+    from ichdemo.io.window import parse_window
+
+    if isinstance(window, str) and window in WINDOWS:
+        return window
+    w = parse_window(window)
+    return "paper" if w is None else (w.centre, w.width)

@@ -6,7 +6,7 @@ and k + 1 for ``CLASSES[k]``, drawn in ``CLASS_COLORS``.
 Example:
     >>> base = slice_rgb(volume.data[12], volume.prewindowed, "brain")
     >>> img = label_overlay(base, labels[12], opacity=0.45)
-    >>> fig = probability_figure(analysis.probs, thresholds.class_thresholds, current=12)
+    >>> fig = probability_figure(analysis.probs, thresholds.class_thresholds)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ichdemo.constants import CLASS_COLORS, CLASSES
+from ichdemo.metrics import confusion_matrix, dice_from_confusion
 from ichdemo.transforms import to_unit
 
 AGREEMENT_CODES: dict[int, tuple[str, tuple[int, int, int]]] = {
@@ -54,12 +55,18 @@ def colormap(map255: np.ndarray, name: str = "turbo") -> np.ndarray:
 
 
 def blend(base: np.ndarray, overlay: np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
-    """``base * (1 - alpha) + overlay * alpha`` per pixel; ``alpha`` is a scalar or (H, W) in [0, 1]."""
+    """``base * (1 - alpha) + overlay * alpha`` per pixel; ``alpha`` is a scalar or (H, W) in [0, 1]. Where alpha
+    is 0 on most pixels (a mask covers a small part of a slice) only the others are computed."""
     a = np.clip(np.asarray(alpha, np.float32), 0.0, 1.0)
-    if a.ndim == 2:
-        a = a[..., None]
-    out = base.astype(np.float32) * (1.0 - a) + overlay.astype(np.float32) * a
-    return np.round(out).astype(np.uint8)
+    hit = a > 0
+    if a.ndim != 2 or np.count_nonzero(hit) > hit.size // 4:
+        a = a[..., None] if a.ndim == 2 else a
+        out = base.astype(np.float32) * (1.0 - a) + overlay.astype(np.float32) * a
+        return np.round(out).astype(np.uint8)
+    out = base.copy()
+    w = a[hit][:, None]
+    out[hit] = np.round(base[hit].astype(np.float32) * (1.0 - w) + overlay[hit].astype(np.float32) * w)
+    return out
 
 
 def heatmap_overlay(base: np.ndarray, map255: np.ndarray, opacity: float = 0.5, cmap: str = "turbo") -> np.ndarray:
@@ -68,6 +75,34 @@ def heatmap_overlay(base: np.ndarray, map255: np.ndarray, opacity: float = 0.5, 
     m = np.asarray(map255, np.float32)
     alpha = np.where(m > 0, opacity * (0.25 + 0.75 * np.clip(m, 0, 255) / 255.0), 0.0)
     return blend(base, colormap(m, cmap), alpha)
+
+
+def heatmap_strip(
+    base: np.ndarray,
+    maps255: np.ndarray,
+    texts: Sequence[str],
+    opacity: float = 0.5,
+    tile: int = 256,
+    nearest: bool = False,
+) -> np.ndarray:
+    """Several heatmaps of one slice side by side: each (H, W) map of ``maps255`` over ``base`` at ``tile`` px
+    height (aspect kept), its text written in the top-left corner, tiles 2 px apart on white.
+
+    Drawing at the tile's size rather than the slice's keeps a five-subtype strip as cheap as one overlay;
+    ``nearest`` keeps native heatmap cells square when shrinking.
+    """
+    h, w = base.shape[:2]
+    size = (max(1, round(w * tile / h)), tile)
+    small = cv2.resize(base, size, interpolation=cv2.INTER_AREA)
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR  # the maps are smooth: linear is enough
+    gap = np.full((tile, 2, 3), 255, np.uint8)
+    tiles = []
+    for m, text in zip(maps255, texts):
+        t = heatmap_overlay(small, cv2.resize(np.asarray(m, np.uint8), size, interpolation=interp), opacity)
+        for color, thick in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white on a black edge reads on any map
+            cv2.putText(t, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, color, thick, cv2.LINE_AA)
+        tiles += [t, gap]
+    return np.concatenate(tiles[:-1], axis=1)
 
 
 def label_colors() -> np.ndarray:
@@ -131,28 +166,22 @@ def agreement_overlay(base: np.ndarray, codes: np.ndarray, opacity: float = 0.55
     return out
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Dice of two boolean masks; None when both are empty (agreement on "nothing" is not a score)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    return None if total == 0 else 2.0 * int((a & b).sum()) / total
+def agreement_row(a: np.ndarray, b: np.ndarray) -> list:
+    """[Dice of any hemorrhage, Dice of the subtype labels (mean over the subtypes either map holds), share of
+    voxels with the same label] of two label maps (one confusion matrix)."""
+    c = confusion_matrix(b, a, len(CLASSES) + 1)
+    hem = np.array([[c[0, 0], c[0, 1:].sum()], [c[1:, 0].sum(), c[1:, 1:].sum()]])
+    any_d, per = dice_from_confusion(hem)[1], dice_from_confusion(c)[1:]
+    per = per[~np.isnan(per)]
+    return [_round(None if np.isnan(any_d) else any_d), _round(float(per.mean()) if per.size else None),
+            round(float(np.trace(c) / c.sum()), 4)]
 
 
 def agreement_rows(label_maps: Mapping[str, np.ndarray]) -> list[list]:
     """Pairwise agreement over a series: [model A, model B, Dice of any hemorrhage, Dice of the subtype labels
     (mean over the subtypes either model found), share of voxels where A and B give the same label]."""
     names = list(label_maps)
-    rows = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            la, lb = np.asarray(label_maps[a]), np.asarray(label_maps[b])
-            any_d = dice(la > 0, lb > 0)
-            per = [dice(la == k, lb == k) for k in range(1, len(CLASSES) + 1)]
-            per = [d for d in per if d is not None]
-            rows.append(
-                [a, b, _round(any_d), _round(float(np.mean(per)) if per else None), round(float((la == lb).mean()), 4)]
-            )
-    return rows
+    return [[a, b, *agreement_row(label_maps[a], label_maps[b])] for i, a in enumerate(names) for b in names[i + 1 :]]
 
 
 def _round(v: float | None, nd: int = 3) -> float | None:
@@ -169,36 +198,34 @@ def _empty_figure(message: str, height: int = 320) -> go.Figure:
     return fig
 
 
-def probability_figure(
-    probs: np.ndarray,
-    class_thresholds: Sequence[float],
-    current: int | None = None,
-    title: str = "",
-) -> go.Figure:
-    """Per-slice probability of every subtype along the series, class thresholds as dashed lines of the same colour.
+PERCENT_FLOOR = 1e-3
+"""Lowest probability the curves show, in percent (the axis is logarithmic: calibrated thresholds sit near 0.01%)."""
+
+
+def probability_figure(probs: np.ndarray, class_thresholds: Sequence[float], title: str = "") -> go.Figure:
+    """Per-slice probability of every subtype along the series in percent on a log axis (calibrated class
+    thresholds are often below 1%), each threshold a dashed line of the subtype's colour; the legend says so.
 
     Args:
         probs: (S, 5) slice probabilities.
         class_thresholds: (5,) c_k; a subtype is "present" on a slice where its curve is above its line.
-        current: slice index to mark with a vertical line.
         title: figure title (e.g. the model name).
     """
     probs = np.asarray(probs, np.float64)
     if probs.ndim != 2 or probs.shape[1] != len(CLASSES):
         raise ValueError(f"probs must be (S, {len(CLASSES)}), got {probs.shape}")
+    pct = np.clip(probs * 100.0, PERCENT_FLOOR, 100.0)
+    thr = np.clip(np.asarray(class_thresholds, np.float64) * 100.0, PERCENT_FLOOR, 100.0)
     fig = go.Figure()
     if probs.shape[0] == 1:  # one slice: bars with the thresholds as markers
         colors = [_hex(CLASS_COLORS[c]) for c in CLASSES]
         fig.add_bar(
-            x=list(CLASSES),
-            y=probs[0],
-            marker_color=colors,
-            name="probability",
-            hovertemplate="%{x}: %{y:.3f}<extra></extra>",
+            x=list(CLASSES), y=pct[0], marker_color=colors, name="probability",
+            hovertemplate="%{x}: %{y:.3g}%<extra></extra>",
         )
         fig.add_scatter(
             x=list(CLASSES),
-            y=list(class_thresholds),
+            y=thr,
             mode="markers",
             name="class threshold",
             marker={"symbol": "line-ew-open", "size": 34, "color": "black", "line": {"width": 3}},
@@ -209,30 +236,21 @@ def probability_figure(
         for k, c in enumerate(CLASSES):
             color = _hex(CLASS_COLORS[c])
             fig.add_scatter(
-                x=x,
-                y=probs[:, k],
-                mode="lines+markers",
-                name=c,
-                line={"color": color, "width": 2},
-                marker={"size": 4},
-                legendgroup=c,
-                hovertemplate=f"{c} slice %{{x}}: %{{y:.3f}}<extra></extra>",
+                x=x, y=pct[:, k], mode="lines+markers", name=c, line={"color": color, "width": 2},
+                marker={"size": 4}, legendgroup=c, hovertemplate=f"{c} slice %{{x}}: %{{y:.3g}}%<extra></extra>",
             )
             fig.add_scatter(
-                x=[x[0], x[-1]],
-                y=[class_thresholds[k]] * 2,
-                mode="lines",
-                legendgroup=c,
-                showlegend=False,
+                x=[x[0], x[-1]], y=[thr[k]] * 2, mode="lines", legendgroup=c, showlegend=False,
                 line={"color": color, "width": 1, "dash": "dash"},
-                hoverinfo="skip",
+                hovertemplate=f"{c} class threshold: {thr[k]:.3g}%<extra></extra>",
             )
-        if current is not None:
-            fig.add_vline(x=int(current), line={"color": "#888", "width": 1, "dash": "dot"})
+        fig.add_scatter(  # a legend entry for what the dashed lines are
+            x=[None], y=[None], mode="lines", name="class threshold", line={"color": "#555", "width": 1, "dash": "dash"}
+        )
         fig.update_layout(xaxis_title="slice (0 = first)")
     fig.update_layout(
         title={"text": title, "font": {"size": 13}},
-        yaxis={"range": [0, 1.02], "title": "probability"},
+        yaxis={"type": "log", "range": [np.log10(PERCENT_FLOOR), 2.05], "title": "probability (%)"},
         height=320,
         margin={"l": 50, "r": 10, "t": 36, "b": 40},
         legend={"orientation": "h", "y": -0.25},

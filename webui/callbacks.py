@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import html
+import inspect
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,12 +25,12 @@ import gradio as gr
 from ichdemo.api import ScratchFolders, analyze_files, export_files, teach_files
 from ichdemo.catalogue import NO_MODEL_HELP, ModelPool, run_models
 from ichdemo.errors import IchdemoError, brief
-from ichdemo.examples import PhantomExamples
+from ichdemo.examples import PHANTOM_EXAMPLES, PhantomExamples
 from ichdemo.io import parse_spacing
 from ichdemo.quantify import parse_thresholds
 from ichdemo.session import Session
 from ichdemo.teach import explain_slice
-from webui.text import heatmap_rows_markdown, info_markdown, legend_html, warnings_html
+from webui.text import info_markdown, legend_html, warnings_html
 
 log = logging.getLogger("ichdemo.app")
 
@@ -41,8 +45,29 @@ except ImportError:  # everywhere else: as is (CUDA used when present, see Model
 
 
 # --------------------------------------------------------------------------------------------- plumbing
+def _one_line(err: Exception, name: str) -> gr.Error:
+    if isinstance(err, IchdemoError):
+        return gr.Error(html.escape(str(err), quote=False), print_exception=False)
+    log.exception("callback %s failed", name)  # an unexpected failure: logged in full, one line for the user
+    msg = f"internal error ({type(err).__name__}: {brief(err)}); the server keeps running"
+    return gr.Error(html.escape(msg, quote=False), print_exception=False)
+
+
 def ui_errors(fn: Callable) -> Callable:
-    """Show library errors as a one-line message in the UI (never a traceback); the server keeps serving."""
+    """Show library errors as a one-line message in the UI (never a traceback); the server keeps serving.
+    Generator callbacks (streamed results) stay generators."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as err:
+                raise _one_line(err, fn.__name__) from err
+
+        return stream
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -50,12 +75,8 @@ def ui_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except IchdemoError as err:
-            raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from err
-        except Exception as err:  # an unexpected failure: logged in full on the server, one line for the user
-            log.exception("callback %s failed", fn.__name__)
-            msg = f"internal error ({type(err).__name__}: {brief(err)}); the server keeps running"
-            raise gr.Error(html.escape(msg, quote=False), print_exception=False) from err
+        except Exception as err:
+            raise _one_line(err, fn.__name__) from err
 
     return wrapper
 
@@ -94,10 +115,32 @@ def _upload_paths(files: Any) -> list[str]:
     return paths
 
 
+def _fingerprint(path: str) -> str:
+    """A file's name and content digest: the same upload under another server path has the same fingerprint."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{Path(path).name}:{digest.hexdigest()}"
+
+
 def _refs(choice: Sequence[str] | str | None) -> list[str]:
     if not choice:
         return []
     return [choice] if isinstance(choice, str) else list(choice)
+
+
+VIEW_SLICE = ("overlay", "raw_overlay", "gallery", "agree")
+VIEW_SERIES = ("legend", "curves", "agree_table", "table")
+VIEW_ALL = VIEW_SLICE + VIEW_SERIES
+"""The view's outputs, by their names in app.py's layout: what a slice step redraws, and what thresholds change."""
+EMPTY_VIEW = (None, None, [], None, legend_html(), None, [], [])
+
+
+def _slice_slider(volume: Any) -> dict:
+    n = 0 if volume is None else volume.shape[0]
+    return gr.update(minimum=0, maximum=max(n - 1, 1), value=n // 2, interactive=n > 1,
+                     label=f"Slice (0..{n - 1})" if n else "Slice")
 
 
 # --------------------------------------------------------------------------------------------- the app
@@ -114,36 +157,62 @@ class App:
         self.scratch = ScratchFolders(max_age_s=600)
         atexit.register(self.scratch.cleanup)
 
-    def _network(self, refs: list[str], volume: Any) -> dict:
-        return run_models(self.pool, refs, volume)
+    def warm(self) -> threading.Thread:
+        """Start-up, in a background thread: write the phantom examples, load the default models and run each once
+        on a phantom, so that the first upload pays neither for reading weights nor for first-call set-up."""
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            self.phantoms.warm().join()
+            try:
+                vol = Session().load_files(self.phantoms.files(next(iter(PHANTOM_EXAMPLES))))
+                run_models(self.pool, self.pool.default_selection(), vol)
+                log.info("models warm in %.1f s", time.perf_counter() - t0)
+            except Exception as err:  # noqa: BLE001 - the first request loads (and reports) instead
+                log.warning("models not warmed up: %s", err)
+
+        t = threading.Thread(target=run, name="ichdemo-warm", daemon=True)
+        t.start()
+        return t
+
+    def _network(self, refs: list[str], volume: Any, progress: Any = None) -> dict:
+        return run_models(self.pool, refs, volume, progress)
 
     # ------------------------------------------------------------------ loading
-    def _loaded(self, s: Session) -> tuple:
-        n = s.require_volume().shape[0]
-        slider = gr.update(
-            minimum=0, maximum=max(n - 1, 1), value=n // 2, interactive=n > 1, label=f"Slice (0..{n - 1})"
-        )
-        return s, info_markdown(s.volume), slider, gr.update(choices=[], value=None), "Series loaded."
-
     @ui_errors
     def load_files(
-        self, files: Any, image_window: str, spacing: str, state: Session | None, request: gr.Request
+        self, files: Any, image_window: str, spacing: str, add: bool, state: Session | None, request: gr.Request
     ) -> tuple:
-        """Upload -> series (resets every model's results); ``image_window`` and ``spacing`` say how PNG/JPG grey
-        levels were made and their voxel size (empty or "auto": estimated, and the info says so)."""
-        if not files:
-            return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        paths = _upload_paths(files)
+        """Upload -> series. A new upload replaces the series (results and all) unless ``add`` is on: the upload box
+        lists the earlier files too, and only the new ones are kept (the box is set to them once analysis starts);
+        emptying the box clears the series. ``image_window`` and ``spacing`` say how PNG/JPG grey levels were made
+        and their voxel size (empty or "auto": estimated, and the info says so).
+
+        Returns (state, series info). A failed upload raises (one line) and leaves the series as it was."""
         s = _session(state, request)
-        s.load_files(paths, image_window=image_window or None, spacing=parse_spacing(spacing))
-        return self._loaded(s)
+        paths = _upload_paths(files)
+        if not paths:
+            if not s.uploaded:
+                return s, gr.skip()  # the box emptied by the app itself (an example series is not an upload)
+            s.cleanup()
+            s.fresh = "cleared"  # the analysis step clears the screen
+            return s, info_markdown(None)
+        given = {_fingerprint(p): p for p in paths}
+        if given.keys() == s.uploaded.keys():
+            return s, gr.skip()  # the box echoing the series' files (Gradio re-caches them under other paths)
+        new = {k: p for k, p in given.items() if k not in s.uploaded}
+        chosen = given if add or not new else new  # no new file: some were removed from the box
+        s.load_files(list(chosen.values()), image_window=image_window or None, spacing=parse_spacing(spacing))
+        s.uploaded, s.fresh = chosen, ("loaded" if chosen == given else "replaced")
+        return s, info_markdown(s.volume)
 
     @ui_errors
     def load_phantom(self, name: str, state: Session | None, request: gr.Request) -> tuple:
         """A synthetic example series (written once per process, loaded like an upload)."""
         s = _session(state, request)
         s.load_files(self.phantoms.files(name))
-        return self._loaded(s)
+        s.uploaded, s.fresh = {}, "replaced"  # the upload box is emptied of an earlier upload
+        return s, info_markdown(s.volume)
 
     # ------------------------------------------------------------------ network
     @ui_errors
@@ -152,67 +221,130 @@ class App:
         state: Session | None,
         refs: Sequence[str],
         results_ref: str | None,
+        index: float,
+        *view: Any,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress idiom
-    ) -> tuple:
-        """Run the chosen models not yet run on this series; set the threshold sliders from the results model."""
+    ):
+        """Run the chosen models not yet run on this series, the results model first, and show each as it
+        finishes (the results model's heatmaps as soon as it has run, then its drafts, then each other model;
+        progress in slices). After a new upload it first resets the viewer (slice slider, results model, pictures)
+        and, where the series is not all the box holds, sets the upload box to the files of the series.
+
+        Yields (state, status, slice slider, results model, upload box, 10 sliders, *ALL view outputs)."""
         s = _session(state)
         refs = _refs(refs)
+        fresh, s.fresh = s.fresh, ""
+        keep = (gr.skip(),) * (3 + 10 + len(VIEW_ALL))
         if s.volume is None:
-            return (s, "Load a series first: upload files or click an example.", gr.skip(), *[gr.skip()] * 10)
+            if fresh:  # the upload box was emptied: clear the screen
+                yield (s, "No series loaded.", _slice_slider(None), gr.update(choices=[], value=None), gr.skip(),
+                       *[gr.skip()] * 10, *EMPTY_VIEW)
+            else:
+                yield (s, "Load a series first: upload files or click an example.", *keep)
+            return
+        if fresh:
+            box = gr.update(value=list(s.uploaded.values()) or None) if fresh == "replaced" else gr.skip()
+            index = s.volume.shape[0] // 2
+            yield (s, "Series loaded; analysing...", _slice_slider(s.volume), gr.update(choices=[], value=None), box,
+                   *[gr.skip()] * 10, *EMPTY_VIEW)
+            results_ref = None
         if not refs:
             msg = NO_MODEL_HELP if not self.pool.refs else "Choose at least one model to analyze."
-            return (s, f"**{msg}**", gr.update(choices=[], value=None), *[gr.skip()] * 10)
-        ran = s.analyze(
-            self.pool,
-            refs,
-            lambda f, d: progress(f, desc=d),
-            runner=lambda _pool, todo, vol, _p: self._gpu_run(todo, vol),
-        )
-        run = [r for r in refs if r in s.analyses]
-        choices = [(s.analyses[r].model, r) for r in run]
-        target = results_ref if results_ref in run else run[0]
-        msg = f"Ran {len(ran)} model(s); showing {len(run)}." if ran else "All chosen models were already run."
-        return (s, msg, gr.update(choices=choices, value=target), *self._slider_values(s, target))
+            yield (s, f"**{msg}**", *keep)
+            return
+        target = results_ref if results_ref in refs else refs[0]
+        todo = sorted(s.missing(refs), key=lambda r: r != target)  # the model the viewer shows runs first
+        if not todo and not fresh:
+            yield (s, "All chosen models were already run.", *keep)
+            return
+        for n, ref in enumerate(todo):
 
-    def _slider_values(self, s: Session, ref: str | None) -> list:
-        if not ref or ref not in s.analyses:
-            return [gr.skip()] * 10
-        t = s.thresholds[ref]
-        return [*t.class_thresholds, *t.mask_thresholds]
+            def step(f: float, desc: str, n: int = n) -> None:
+                progress((n + f) / len(todo), desc=f"model {n + 1} of {len(todo)}: {desc}")
 
-    # ------------------------------------------------------------------ views
-    @ui_errors
-    def render(
+            s.analyze(self.pool, [ref], step, runner=lambda _pool, one, vol, _p: self._gpu_run(one, vol, _p))
+            run = [r for r in refs if r in s.analyses]
+            choices = [(s.analyses[r].model, r) for r in run]
+            left = len(todo) - n - 1
+            msg = f"Ran {n + 1} of {len(todo)} model(s)" + (f"; {left} still running..." if left else ".")
+            picked = (gr.update(choices=choices, value=target), gr.skip())
+            if n == 0:  # the heatmaps first (the drafts wait for the series' anatomy), and the model's thresholds
+                window, _, heat_opacity, native = view[:4]
+                maps = s.heatmap_strips(run, s.clamp_index(index), window, heat_opacity, native)
+                yield (s, f"Ran 1 of {len(todo)} model(s); drawing its drafts...", gr.skip(), *picked,
+                       *self._slider_values(s, target), None, None, [(s.picture(m), c) for m, c in maps],
+                       *[gr.skip()] * 5)
+            yield (s, msg, gr.skip(), *picked, *[gr.skip()] * 10, *self._view_all(s, run, target, index, *view))
+
+    def analyze_new(
         self,
         state: Session | None,
         refs: Sequence[str],
         results_ref: str | None,
         index: float,
-        window: str,
-        mask_opacity: float,
-        heat_opacity: float,
-        native: bool,
-        refine: bool = True,
-    ) -> tuple:
-        """Overlays (refined unless ``refine`` is off, and the paper's raw Algorithm 1 beside it), legend, heatmap
-        panels, agreement and results for the current slice (no network)."""
-        s = _session(state)
-        if s.volume is None:
-            return (None, None, legend_html(), [], "", None, [], None, [])
+        *view: Any,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress idiom
+    ):
+        """``analyze`` after an upload, an example or a cleared box; nothing when the upload box only echoed the
+        series (so that the status and a running analysis are left alone)."""
+        if isinstance(state, Session) and state.fresh:
+            yield from self.analyze(state, refs, results_ref, index, *view, progress=progress)
+        else:
+            yield (state, *[gr.skip()] * (4 + 10 + len(VIEW_ALL)))
+
+    def _slider_values(self, s: Session, ref: str | None) -> list:
+        """The ten threshold sliders for ``ref``: class thresholds in percent, mask thresholds 0..255."""
+        if not ref or ref not in s.analyses:
+            return [gr.skip()] * 10
+        t = s.thresholds[ref]
+        return [round(100.0 * c, 6) for c in t.class_thresholds] + list(t.mask_thresholds)
+
+    # ------------------------------------------------------------------ views
+    def _view_slice(self, s: Session, run: list[str], ref: str | None, index: Any, window: str, mask_opacity: float,
+                    heat_opacity: float, native: bool, refine: bool = True, strips: bool = True) -> tuple:
+        """VIEW_SLICE: the draft (refined unless ``refine`` is off), the paper's raw Algorithm 1 beside it, every
+        model's heatmap strip (skipped unless ``strips``: thresholds do not change them) and the agreement
+        picture, as PNG files of the session."""
         s.refined = bool(refine)
+        i = s.clamp_index(index)
+        overlay = s.picture(s.overlay(ref, i, window, mask_opacity))
+        raw = s.picture(s.overlay(ref, i, window, mask_opacity, refined=False)) if ref and s.refined else None
+        maps = gr.skip()
+        if strips:
+            maps = [(s.picture(rgb), cap) for rgb, cap in s.heatmap_strips(run, i, window, heat_opacity, native)]
+        agree, _ = s.agreement(run, i, window)
+        return overlay, raw, maps, s.picture(agree)
+
+    def _view_series(self, s: Session, run: list[str], ref: str | None) -> tuple:
+        """VIEW_SERIES: legend with volumes and warnings, probability curves, agreement table, volume table."""
+        rows = s.agreement_rows(run)
+        if ref is None:
+            return legend_html(), None, rows, []
+        res = s.results(ref)
+        return legend_html(res.volumes_ml, res.present) + warnings_html(res.warnings), res.figure, rows, res.rows
+
+    def _view_all(self, s: Session, refs: Sequence[str], results_ref: str | None, index: Any, *view: Any,
+                  strips: bool = True) -> tuple:
         run = [r for r in _refs(refs) if r in s.analyses]
         ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
-        i = s.clamp_index(index)
-        overlay = s.overlay(ref, i, window, mask_opacity)
-        raw = s.overlay(ref, i, window, mask_opacity, refined=False) if ref and s.refined else None
-        panels = s.heatmap_panels(run, i, window, heat_opacity, native)
-        agree, rows = s.agreement(run, i, window)
-        rows_md = heatmap_rows_markdown(s.heatmap_rows(run), s.volume)
-        if ref is None:
-            return (overlay, raw, legend_html(), panels, rows_md, agree, rows, None, [])
-        res = s.results(ref, i)
-        legend = legend_html(res.volumes_ml, res.present) + warnings_html(res.warnings)
-        return (overlay, raw, legend, panels, rows_md, agree, rows, res.figure, res.rows)
+        return (*self._view_slice(s, run, ref, index, *view, strips=strips), *self._view_series(s, run, ref))
+
+    @ui_errors
+    def render(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float,
+               window: str, mask_opacity: float, heat_opacity: float, native: bool, refine: bool = True) -> tuple:
+        """The pictures of the current slice (VIEW_SLICE): a slice step, window or opacity change. No network."""
+        s = _session(state)
+        if s.volume is None:
+            return EMPTY_VIEW[: len(VIEW_SLICE)]
+        run = [r for r in _refs(refs) if r in s.analyses]
+        ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
+        return self._view_slice(s, run, ref, index, window, mask_opacity, heat_opacity, native, refine)
+
+    @ui_errors
+    def render_all(self, state: Session | None, refs: Sequence[str], results_ref: str | None, *view: Any) -> tuple:
+        """Every view output (VIEW_ALL): after the refinement switch or a threshold reset. No network."""
+        s = _session(state)
+        return EMPTY_VIEW if s.volume is None else self._view_all(s, refs, results_ref, *view)
 
     @ui_errors
     def render_3d(self, state: Session | None, results_ref: str | None):
@@ -225,28 +357,22 @@ class App:
     # ------------------------------------------------------------------ thresholds
     @ui_errors
     def set_thresholds(
-        self,
-        state: Session | None,
-        refs: Sequence[str],
-        results_ref: str | None,
-        index: float,
-        window: str,
-        mask_opacity: float,
-        heat_opacity: float,
-        native: bool,
-        refine: bool,
-        *values: float,
+        self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float, *values: Any
     ) -> tuple:
-        """The ten threshold sliders (class thresholds IPH..EDH, then mask thresholds IPH..EDH) for the results
-        model: re-threshold the cached heatmaps (no network) and render the view again."""
+        """The view's parameters (window, opacities, native, refine), then the ten threshold sliders (class
+        thresholds IPH..EDH in percent, then mask thresholds IPH..EDH) for the results model: re-threshold the
+        cached heatmaps (no network) and redraw what they change (the heatmap strips stay)."""
         s = _session(state)
+        view, sliders = values[:5], values[5:]
         if results_ref and results_ref in s.analyses:
-            s.set_thresholds(results_ref, values[:5], values[5:])
-        view = (refs, results_ref, index, window, mask_opacity, heat_opacity, native, refine)
-        return (s, *self.render(s, *view))
+            s.set_thresholds(results_ref, [float(v) / 100.0 for v in sliders[:5]], sliders[5:])
+        if s.volume is None:
+            return (s, *EMPTY_VIEW)
+        return (s, *self._view_all(s, refs, results_ref, index, *view, strips=False))
 
     @ui_errors
     def reset_thresholds(self, state: Session | None, results_ref: str | None) -> tuple:
+        """Back to the results model's calibrated thresholds (the sliders follow; the view is redrawn after)."""
         s = _session(state)
         if not results_ref or results_ref not in s.analyses:
             return (s, *[gr.skip()] * 10)
@@ -254,8 +380,17 @@ class App:
         return (s, *self._slider_values(s, results_ref))
 
     @ui_errors
-    def pick_results_model(self, state: Session | None, results_ref: str | None) -> list:
-        return self._slider_values(_session(state), results_ref)
+    def pick_results_model(
+        self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float, *view: Any
+    ) -> tuple:
+        """Another results model: its thresholds on the sliders and its drafts, curves and volumes, in one step."""
+        s = _session(state)
+        if s.volume is None:
+            return (*[gr.skip()] * 10, *EMPTY_VIEW)
+        out = list(self._view_all(s, refs, results_ref, index, *view, strips=False))
+        for name in ("agree", "agree_table"):  # the agreement of the chosen models does not depend on which is shown
+            out[VIEW_ALL.index(name)] = gr.skip()
+        return (*self._slider_values(s, results_ref), *out)
 
     # ------------------------------------------------------------------ export, teach, API
     @ui_errors

@@ -23,6 +23,10 @@ CSS = """
 .ich-untrained {color:#b00020;font-weight:600}
 .ich-gallery .grid-wrap {max-height:none !important; min-height:0 !important; height:auto !important}
 #overlay img, #raw-overlay img, #agreement img {width:100%; height:100%; object-fit:contain}
+#heatmaps .thumbnail-item {aspect-ratio:auto !important; height:auto !important}
+#heatmaps .thumbnail-item img {width:100% !important; height:auto !important; object-fit:contain}
+#heatmaps .caption-label {white-space:normal !important; overflow:visible !important; position:static !important;
+                          text-overflow:clip !important; max-width:none !important}
 """
 
 

@@ -7,6 +7,7 @@ import os
 import stat
 import zipfile
 
+import cv2
 import nibabel as nib
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from ichdemo.examples import PhantomExamples
 from ichdemo.quantify import volumes_ml
 from ichdemo.session import Session
 from ichdemo.teach import explain_slice
-from webui.text import heatmap_rows_markdown, info_markdown, status_markdown
+from webui.text import info_markdown, status_markdown
 
 SMALL_SHAPE = (8, 96, 96)  # the conftest's phantom grid (checked below)
 
@@ -129,16 +130,16 @@ def test_thresholds_rethreshold_without_the_network(analysed, tiny_models, monke
         lab = s.labels(ref)
         a = s.analyses[ref]
         assert np.array_equal(lab > 0, (a.maps255 > 0).any(1))
-        res = s.results(ref, 2)
+        res = s.results(ref)
         assert res.volumes_ml == volumes_ml(lab, s.volume.spacing)
         assert res.rows[-1][:3] == ["total", "not plausible", "not plausible"]  # every pixel: more than a skull
         assert res.warnings and "exceeds the intracranial volume" in res.warnings[0]
         s.set_thresholds(ref, [0.0] * 5, [200] * 5)
-        res = s.results(ref, 2)
+        res = s.results(ref)
         total = res.rows[-1]
         assert not res.warnings and res.volumes_ml["total"] > 0
         assert total[0] == "total" and total[1] == pytest.approx(round(res.volumes_ml["total"], 3))
-        assert len(res.figure.data) == 10
+        assert len(res.figure.data) == 11
     finally:
         s.reset_thresholds(ref)
     assert s.thresholds[ref] == s.analyses[ref].thresholds
@@ -149,12 +150,18 @@ def test_views_for_the_current_slice(analysed, tiny_models):
     refs = [tiny_models["lse"], tiny_models["gap"]]
     base = s.base_rgb(3, "brain")
     assert np.array_equal(s.overlay(None, 3, "brain"), base)
-    panels = s.heatmap_panels(refs, 3, "brain", opacity=0.5)
-    assert len(panels) == 10
-    assert panels[0][1].startswith("IPH: p=") and "lse_tiny · native 16x16" in panels[0][1]
-    assert "gap_tiny · native 2x2" in panels[5][1]
-    assert panels[0][0].shape == base.shape
-    assert "1. `lse_tiny`: native heatmap 16x16" in heatmap_rows_markdown(s.heatmap_rows(refs), s.volume)
+    strips = s.heatmap_strips(refs, 3, "brain", opacity=0.5)
+    assert len(strips) == 2  # one labelled row per model
+    assert strips[0][1].startswith("lse_tiny (lse_unet, native 16x16) · IPH p=")
+    assert strips[1][1].startswith("gap_tiny (gap, native 2x2) · ")
+    assert strips[0][0].shape == (256, 5 * 256 + 4 * 2, 3)  # five 256 px tiles of the square slice
+    assert len(s.heatmap_strips(refs, 3, native=True)) == 2
+    s.picture(strips[0][0]).unlink()
+    path = s.picture(strips[0][0])
+    assert path.parent.parent == s.folder and path == s.picture(strips[0][0])  # named by content
+    shown = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(int)
+    assert np.abs(shown - strips[0][0]).mean() < 2  # JPEG, quality 95
+    assert s.base_rgb(3, "40/80").shape == base.shape and not np.array_equal(s.base_rgb(3, "40/80"), base)
     agree, rows = s.agreement(refs, 3)
     assert agree.shape == base.shape and len(rows) == 1 and rows[0][:2] == ["lse_tiny", "gap_tiny"]
     assert s.agreement(refs[:1], 3)[1] == []

@@ -81,23 +81,28 @@ def test_agreement_codes_cover_every_case():
 
 
 def test_dice_and_agreement_rows():
-    assert viz.dice(np.zeros(4), np.zeros(4)) is None
-    assert viz.dice([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(2 / 3)
     a = np.zeros((2, 4, 4), np.uint8)
     b = a.copy()
     a[0, :2, :2] = 1  # 4 voxels IPH
     b[0, :2, :2] = 2  # same voxels, IVH
     rows = viz.agreement_rows({"A": a, "B": b})
     assert rows == [["A", "B", 1.0, 0.0, round(28 / 32, 4)]]
+    b[0, 0, :2] = 0  # B drops 2 of the 4 voxels: any-hemorrhage Dice 2*2/(4+2)
+    b[1, 3, 3] = 1  # and adds one IPH voxel A lacks: IPH Dice 0, IVH Dice 0, mean 0
+    assert viz.agreement_rows({"A": a, "B": b})[0][2:] == [round(4 / 7, 3), 0.0, round(27 / 32, 4)]
+    assert viz.agreement_rows({"A": a, "B": np.zeros_like(a)})[0][2:] == [0.0, 0.0, round(28 / 32, 4)]
+    assert viz.agreement_rows({"A": b * 0, "B": np.zeros_like(a)})[0][2:] == [None, None, 1.0]
 
 
 def test_probability_figure_series_and_single_slice():
     probs = np.linspace(0, 1, 20).reshape(4, 5)
-    fig = viz.probability_figure(probs, [0.1, 0.2, 0.3, 0.4, 0.5], current=2, title="m")
-    assert len(fig.data) == 10  # a curve and a threshold line per subtype
-    assert list(fig.data[1].y) == [0.1, 0.1] and list(fig.data[9].y) == [0.5, 0.5]
+    fig = viz.probability_figure(probs, [0.1, 0.2, 0.3, 0.4, 0.00003], title="m")
+    assert len(fig.data) == 11  # a curve and a threshold line per subtype, and the legend's dashed line
+    assert list(fig.data[1].y) == [10, 10] and list(fig.data[9].y) == pytest.approx([0.003, 0.003])  # percent
     assert fig.data[0].line.color == "#{:02x}{:02x}{:02x}".format(*CLASS_COLORS["IPH"])
-    assert fig.layout.shapes[0].x0 == 2  # the current slice
+    assert fig.data[1].line.dash == "dash" and fig.data[10].line.dash == "dash"  # what the legend says is drawn
+    assert fig.data[10].name == "class threshold" and fig.data[10].showlegend is not False
+    assert fig.layout.yaxis.type == "log"
     one = viz.probability_figure(probs[:1], [0.5] * 5)
     assert one.data[0].type == "bar" and list(one.data[0].x) == list(CLASSES)
     with pytest.raises(ValueError):
