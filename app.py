@@ -39,6 +39,7 @@ from webui.text import (
     NOTICE_HTML,
     agreement_legend_html,
     legend_html,
+    quality_markdown,
     status_markdown,
 )
 
@@ -126,7 +127,9 @@ def _examples_list() -> tuple[list[list[list[str]]], list[str]]:
     labels = []
     for f in files:
         parts = f.stem.split("_")  # ctich_<patient>_<slice>_<subtypes>
-        labels.append(f"{parts[3].replace('-', '+')} (CT-ICH {parts[1]}/{parts[2]})" if len(parts) >= 4 else f.stem)
+        label = f"{parts[3].replace('-', '+')} (CT-ICH {parts[1]}/{parts[2]})" if len(parts) >= 4 else f.stem
+        known = (f.parent / "truth" / f"{f.stem}.png").is_file()
+        labels.append(f"{label}, expert mask" if known else label)
     return [[[str(f)]] for f in files], labels
 
 
@@ -195,9 +198,11 @@ def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
     ui.status = gr.Markdown(NO_MODEL_HELP if not pool.refs else "", elem_id="status")
 
 
-def _picture(label: str, elem_id: str, buttons: Sequence[str] = ("fullscreen",)) -> gr.Image:
-    """A slice picture of the viewer (PNG, read-only)."""
-    return gr.Image(label=label, format="png", interactive=False, height=380, elem_id=elem_id, buttons=list(buttons))
+def _picture(label: str, elem_id: str, buttons: Sequence[str] = ("fullscreen",), visible: bool = True) -> gr.Image:
+    """A slice picture of the viewer (a file the session writes, read-only)."""
+    return gr.Image(
+        label=label, interactive=False, height=380, elem_id=elem_id, buttons=list(buttons), visible=visible
+    )
 
 
 def _viewer_column(ui: SimpleNamespace) -> None:
@@ -220,8 +225,9 @@ def _viewer_column(ui: SimpleNamespace) -> None:
     )
     with gr.Row():
         ui.overlay = _picture("Draft (results model)", "overlay", ["download", "fullscreen"])
-        ui.raw_overlay = _picture("The paper's raw Algorithm 1, same thresholds (for comparison)", "raw-overlay")
-        ui.agree = _picture("Agreement between the chosen models", "agreement")
+        ui.raw_overlay = _picture("Raw Algorithm 1 (the paper), same thresholds", "raw-overlay")
+        ui.agree = _picture("Agreement of the chosen models", "agreement")
+        ui.truth = _picture("Known truth", "truth", visible=False)  # examples with a known truth only
     ui.legend = gr.HTML(legend_html(), elem_id="legend")
     gr.HTML(agreement_legend_html())
     with gr.Row():
@@ -252,7 +258,12 @@ def _threshold_section(ui: SimpleNamespace) -> None:
     )
     with gr.Row():
         ui.results_ref = gr.Dropdown(
-            [], value=None, label="Results model (overlay, curves, volumes, export)", elem_id="results-model", scale=3
+            [],
+            value=None,
+            allow_custom_value=True,  # a view event in flight may name the model of the series just replaced
+            label="Results model (overlay, curves, volumes, export)",
+            elem_id="results-model",
+            scale=3,
         )
         ui.reset_btn = gr.Button("Reset to calibrated", scale=1, elem_id="reset")
     ui.cls_sliders, ui.mask_sliders = _threshold_sliders()
@@ -352,6 +363,7 @@ def _layout(pool: ModelPool) -> SimpleNamespace:
     gr.HTML(NOTICE_HTML)
     with gr.Accordion("Models", open=not pool.refs or any(not i.trained for i in pool.infos.values())):
         gr.Markdown(status_markdown(pool), elem_id="model-status")
+        gr.Markdown(quality_markdown(pool), elem_id="model-quality")
     with gr.Tab("Analyze", id="analyze"):
         with gr.Row():
             with gr.Column(scale=4, min_width=320):
@@ -366,6 +378,7 @@ def _layout(pool: ModelPool) -> SimpleNamespace:
         _teach_tab(ui, pool)
     with gr.Tab("About", id="about"):
         gr.HTML(NOTICE_HTML)
+        gr.Markdown(quality_markdown(pool), elem_id="about-quality")
         gr.Markdown(ABOUT)
     gr.HTML(NOTICE_HTML)
     return ui
@@ -383,7 +396,7 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
     net = {"concurrency_id": "network", "concurrency_limit": CONCURRENCY}
     analyze = {
         "fn": app.analyze,
-        "inputs": view_in,
+        "inputs": [v for v in view_in if v is not ui.index],  # the session knows its slice (the range may change)
         "outputs": [ui.state, ui.status, ui.index, ui.results_ref, ui.files, *sliders, *view_all],
         "show_progress_on": [ui.status],  # the bar (model, slices done of all) where the status is read
         **net,
@@ -468,6 +481,9 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
     # chained and UI-only steps
     after_load = {**analyze, "fn": app.analyze_new}
     load.success(**after_load, **private()).then(**mesh, **private())
+    ui.files.clear(app.clear_series, [ui.files, ui.state], [ui.state, ui.info], **private()).then(
+        **after_load, **private()
+    )
     for btn in ui.ph_buttons:
         btn.click(app.load_phantom, [btn, ui.state], [ui.state, ui.info], **private()).success(
             **after_load, **private()
@@ -492,7 +508,7 @@ def build_demo(
     """The Blocks of the app for a model pool (default: the configured models) and the phantom examples;
     ``delete_cache`` is the (frequency, age) schedule for Gradio's cached files (``ICHDEMO_DELETE_CACHE``), run by
     the app's server lifespan (``launch_options``) rather than by Gradio: see ``tidy_cache``."""
-    app = App(pool or ModelPool(), phantoms)
+    app = App(pool or ModelPool(), phantoms, EXAMPLES_DIR / "ctich")
     with gr.Blocks(title="ichdemo: ICH localisation and quantification") as demo:
         _wire(_layout(app.pool), app)
         demo.unload(_end_session)

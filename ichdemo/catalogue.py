@@ -11,9 +11,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ichdemo import hub
@@ -22,6 +24,7 @@ from ichdemo.models.config import ModelConfig
 from ichdemo.volume import Volume
 
 UNTRAINED = "UNTRAINED — heatmaps are meaningless"
+QUALITY_FILE = "quality.json"  # a checkpoint's held-out figures (train.evaluate_drafts --quality)
 NO_MODEL_HELP = (
     "No trained model is available. Add one: put a checkpoint folder (config.json + model.safetensors) under "
     "checkpoints/, or start the app with ICHDEMO_MODELS=/path/to/folder,hf://owner/repo (or --models). "
@@ -38,6 +41,9 @@ class ModelInfo:
     ref: str
     name: str
     cfg: ModelConfig
+    quality: dict = field(default_factory=dict)
+    """The held-out figures of ``quality.json`` (``train.evaluate_drafts --quality``) and the validation AUROC of
+    ``eval.json``, where the checkpoint has them."""
 
     @property
     def family(self) -> str:
@@ -49,9 +55,13 @@ class ModelInfo:
 
     @property
     def label(self) -> str:
-        """Choice label: name, family, native heatmap grid, and the UNTRAINED warning when it applies."""
+        """Choice label: name, family, native heatmap grid, the held-out Dice of its drafts when measured, and the
+        UNTRAINED warning when it applies."""
         n = self.cfg.heatmap_size
         text = f"{self.name} · {self.family} · heatmap {n}x{n}"
+        dice = self.quality.get("ctich_held_out", {}).get("dice_any") or {}
+        if dice.get("refined") is not None:
+            text += f" · held-out Dice {dice['refined']:.2f}"
         return text if self.trained else f"{text} · {UNTRAINED}"
 
 
@@ -62,7 +72,23 @@ def read_model_info(ref: str) -> ModelInfo:
         ModelError: the reference cannot be resolved or its config.json is unreadable.
     """
     found = hub.resolve(ref)
-    return ModelInfo(str(ref), found.name, ModelConfig.read(found.folder))
+    return ModelInfo(str(ref), found.name, ModelConfig.read(found.folder), read_quality(Path(found.folder)))
+
+
+def read_quality(folder: Path) -> dict:
+    """``quality.json`` of a checkpoint folder, with ``auroc_validation`` from its ``eval.json``; {} when absent
+    or unreadable (a model without measurements is still usable)."""
+    out: dict = {}
+    for name in (QUALITY_FILE, "eval.json"):
+        try:
+            data = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if name == QUALITY_FILE and isinstance(data, dict):
+            out.update(data)
+        elif isinstance(data, dict) and data.get("auroc_part") == "val":
+            out["auroc_validation"] = (data.get("auroc") or {}).get("AVG")
+    return out
 
 
 class ModelPool:

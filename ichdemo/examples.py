@@ -1,7 +1,9 @@
-"""One-click example series: seeded synthetic phantoms, written as DICOM on first use, with their ground truth."""
+"""Example series with a known truth: seeded synthetic phantoms (written as DICOM on first use, with their label
+maps) and real CT-ICH slices whose expert hemorrhage mask ships beside them (``examples/ctich/truth/``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -10,7 +12,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ichdemo.errors import ConfigError
+from ichdemo.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,14 @@ class PhantomExamples:
                 write_phantom(p, folder, "dicom")
         return sorted(f for f in folder.iterdir() if f.is_file())
 
+    def truth_labels(self, name: str, volume: Volume) -> np.ndarray:
+        """(S, H, W) uint8: the example's true subtype labels on the grid of ``volume`` (its series as loaded)."""
+        from ichdemo.export.nifti import labels_from_nifti
+        from ichdemo.phantom import TRUTH_DIR
+
+        self.files(name)
+        return labels_from_nifti(self._folder(name) / TRUTH_DIR / "labels.nii.gz", volume)
+
     def truth(self, name: str) -> dict:
         """The ground truth record (true volumes in mL...) of an example."""
         from ichdemo.phantom import TRUTH_DIR
@@ -82,3 +95,30 @@ class PhantomExamples:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def fingerprint(path: str | Path) -> str:
+    """A file's name and content digest: the same file under another path (an upload cache) has the same one."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{Path(path).name}:{digest.hexdigest()}"
+
+
+def image_truth(paths: Sequence[str | Path], volume: Volume, folder: str | Path) -> np.ndarray | None:
+    """(1, H, W) uint8 any-hemorrhage truth (0/1) when ``paths`` is one example image of ``folder`` (byte for byte,
+    under any name of the upload cache's choosing) that has an expert mask in ``folder/truth/<stem>.png``."""
+    import cv2
+
+    folder = Path(folder)
+    if len(paths) != 1 or volume.shape[0] != 1:
+        return None
+    mask = folder / "truth" / f"{Path(paths[0]).stem}.png"
+    example = folder / Path(paths[0]).name
+    if not (mask.is_file() and example.is_file()) or fingerprint(example) != fingerprint(paths[0]):
+        return None
+    truth = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+    if truth is None or truth.shape != volume.shape[1:]:
+        return None
+    return (truth > 127).astype(np.uint8)[None]

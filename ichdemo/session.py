@@ -35,6 +35,7 @@ from ichdemo.catalogue import NO_MODEL_HELP, ModelPool, Progress, run_models
 from ichdemo.constants import CLASSES, WINDOWS
 from ichdemo.errors import UnsupportedInputError
 from ichdemo.export.images import safe_name
+from ichdemo.metrics import binary_dice
 from ichdemo.pipeline import implausible_volumes, maps_on_grid
 from ichdemo.quantify import Thresholds, abc2_ml, volumes_ml
 from ichdemo.transforms import ResizeSpec
@@ -72,6 +73,9 @@ class Session:
             Algorithm 1.
         base_dir: parent of the session's temp folder (default: the system temp folder).
         uploaded: the uploaded files the series was read from, by fingerprint (the app's upload box).
+        refused: fingerprints of uploaded files that could not be read (left out of the next upload).
+        truth: (S, H, W) uint8 known truth of the series (an example's), or None; subtype labels when
+            ``truth_subtypes``, else 0/1 any hemorrhage. ``truth_source`` says whose it is.
         fresh: "loaded", "replaced" (the series is not all the upload box holds) or "cleared" until the viewer has
             been reset for the new series; "" after.
     """
@@ -82,6 +86,11 @@ class Session:
     refined: bool = True
     base_dir: str | None = None
     uploaded: dict[str, str] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+    truth: np.ndarray | None = field(default=None, repr=False)
+    truth_subtypes: bool = False
+    truth_source: str = ""
+    index: int = 0  # the slice the viewer shows
     fresh: str = ""
     _labels: dict[tuple[str, bool], tuple[Thresholds, np.ndarray]] = field(default_factory=dict, repr=False)
     _memo: dict[tuple, Any] = field(default_factory=dict, repr=False)  # series-wide numbers per thresholds
@@ -107,6 +116,7 @@ class Session:
         self._drafts.clear()
         self._pictures.clear()
         self.uploaded = {}
+        self.truth = None
         self.volume = None
         self.analyses.clear()
         self.thresholds.clear()
@@ -126,11 +136,11 @@ class Session:
         if not ok:
             raise ValueError("could not encode the picture")
         folder = self.folder / "view"
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{hashlib.blake2b(buf, digest_size=12).hexdigest()}.jpg"
         if path in self._pictures:
             self._pictures.remove(path)
-        else:
+        if not path.exists():
             tmp = path.with_suffix(".part")
             tmp.write_bytes(buf.tobytes())
             tmp.replace(path)  # atomic: a reader never sees half a picture
@@ -161,6 +171,7 @@ class Session:
     def set_volume(self, volume: Volume) -> Volume:
         """Make ``volume`` the session's series (drops every cached analysis)."""
         self.volume = volume
+        self.truth, self.truth_source = None, ""
         self.analyses.clear()
         self.thresholds.clear()
         self._labels.clear()
@@ -266,6 +277,18 @@ class Session:
         if not ref or ref not in self.analyses:
             return base
         return viz.label_overlay(base, self.labels(ref, refined)[i], opacity)
+
+    def truth_view(self, ref: str | None, index: int, window: str = "paper", opacity: float = 0.45):
+        """(picture of the known truth on the slice, any-hemorrhage Dice of ``ref``'s draft against it on this
+        slice: None where both are empty), or None when the series has no known truth."""
+        if self.truth is None:
+            return None
+        i = self.clamp_index(index)
+        pic = viz.truth_overlay(self.base_rgb(i, window), self.truth[i], self.truth_subtypes, opacity)
+        if not ref or ref not in self.analyses:
+            return pic, None
+        d = binary_dice(self.labels(ref)[i], self.truth[i], empty=np.nan)
+        return pic, None if np.isnan(d) else d
 
     def heatmap_strips(
         self, refs: Sequence[str], index: int, window: str = "paper", opacity: float = 0.5, native: bool = False

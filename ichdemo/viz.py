@@ -27,6 +27,7 @@ AGREEMENT_CODES: dict[int, tuple[str, tuple[int, int, int]]] = {
     3: ("models disagree on the subtype", (230, 30, 200)),
 }
 """Codes of ``agreement_codes`` (0 = every model says normal) with their legend text and colour."""
+TRUTH_COLOR = (0, 230, 255)  # cyan: an expert's any-hemorrhage mask
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -131,6 +132,17 @@ def label_overlay(base: np.ndarray, labels2d: np.ndarray, opacity: float = 0.45,
     if edges:
         for k in range(1, len(CLASSES) + 1):
             out[outline(lab == k)] = label_colors()[k]
+    return out
+
+
+def truth_overlay(base: np.ndarray, truth2d: np.ndarray, subtypes: bool, opacity: float = 0.45) -> np.ndarray:
+    """A known truth over a slice: subtype labels in their colours (``subtypes``), else an any-hemorrhage mask
+    (an expert's, without subtypes) in ``TRUTH_COLOR``, no subtype's colour, so that it is not read as one."""
+    if subtypes:
+        return label_overlay(base, truth2d, opacity)
+    m = np.asarray(truth2d) > 0
+    out = blend(base, np.full_like(base, TRUTH_COLOR), np.where(m, opacity, 0.0))
+    out[outline(m)] = TRUTH_COLOR
     return out
 
 
@@ -399,12 +411,12 @@ def mesh_figure(
         height=480,
         margin={"l": 0, "r": 0, "t": 30, "b": 10},
         legend={"orientation": "h"},
-        scene={
+        scene={  # true proportions in mm, few ticks so that the labels stay readable
             "aspectmode": "data",
-            "xaxis_title": "col (mm)",
-            "yaxis_title": "row (mm)",
-            "zaxis_title": "slice (mm)",
-            "yaxis": {"autorange": "reversed"},
+            "xaxis": {"title": {"text": "left-right (mm)"}, "nticks": 4, "tickfont": {"size": 10}},
+            "yaxis": {"title": {"text": "front-back (mm)"}, "nticks": 4, "tickfont": {"size": 10},
+                      "autorange": "reversed"},
+            "zaxis": {"title": {"text": "slices (mm)"}, "nticks": 4, "tickfont": {"size": 10}},
             "camera": {"eye": {"x": 0.7, "y": -2.2, "z": 1.5}},
         },
     )

@@ -1,4 +1,5 @@
 """python -m train.evaluate_drafts [--models NAME,...] [--md docs/RESULTS.md] [--json docs/drafts.json] [--from-json J]
+                                 [--quality]
 
 How well the drafts a user gets sit on the blood, measured the way a user makes them: every input goes through
 ``ichdemo.pipeline`` (``load_volume`` -> ``analyze`` -> ``Analysis.labels``) with each model's shipped thresholds,
@@ -15,6 +16,8 @@ sets are held out of training and of every calibration.
 
 The markdown table replaces the section between ``DRAFTS_BEGIN`` and ``DRAFTS_END`` of ``--md`` (appended when
 absent), so ``python -m train.results`` and this script each regenerate their own part of RESULTS.md.
+``--quality`` writes each local checkpoint's figures to its ``quality.json``, which the app shows in its model
+picker and About tab (``ichdemo.catalogue.ModelInfo.quality``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sklearn.metrics import roc_auc_score
 
 from ichdemo import hub
 from ichdemo.atomic import write_text
+from ichdemo.catalogue import QUALITY_FILE
 from ichdemo.constants import CLASSES
 from ichdemo.io import load_volume
 from ichdemo.pipeline import Analysis, analyze, load_model
@@ -248,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--md", help="replace the drafts section of this markdown file (docs/RESULTS.md)")
     p.add_argument("--from-json", help="write --md from an earlier run's JSON instead of evaluating again")
+    p.add_argument("--quality", action="store_true", help="write each local checkpoint's quality.json")
     args = p.parse_args(argv)
     refs = [r.strip() for r in args.models.split(",")] if args.models else hub.configured_refs()
     results: dict[str, dict] = json.loads(Path(args.from_json).read_text()) if args.from_json else {}
@@ -267,7 +272,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.md:
         path = Path(args.md)
         write_text(path, replace_section(path.read_text() if path.is_file() else "", markdown(results)))
+    if args.quality:
+        for ref in refs:
+            found = hub.resolve(ref)
+            if found.name in results and Path(found.folder).is_dir():
+                write_text(Path(found.folder) / QUALITY_FILE, json.dumps(quality(results[found.name]), indent=2) + "\n")
     return 0
+
+
+def quality(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures a user reads beside the model (``quality.json``): refined and raw drafts on the held-out data."""
+    c, b = result.get("ctich", {}), result.get("boxes", {})
+    return {
+        "source": "python -m train.evaluate_drafts (held-out data, shipped thresholds; docs/RESULTS.md)",
+        "ctich_held_out": {
+            "slices": c.get("masked_slices"),
+            "dice_any": c.get("dice_any"),
+            "pointing": c.get("pointing"),
+        },
+        "ich_boxes": {
+            "slices": b.get("slices"),
+            "draft_pixels_in_boxes": b.get("draft_pixels_in_boxes"),
+            "boxes_touched": b.get("boxes_touched"),
+            "pointing_labelled_subtype": b.get("pointing_labelled_subtype"),
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import hashlib
 import html
 import inspect
 import logging
@@ -25,7 +24,7 @@ import gradio as gr
 from ichdemo.api import ScratchFolders, analyze_files, export_files, teach_files
 from ichdemo.catalogue import NO_MODEL_HELP, ModelPool, run_models
 from ichdemo.errors import IchdemoError, brief
-from ichdemo.examples import PHANTOM_EXAMPLES, PhantomExamples
+from ichdemo.examples import PHANTOM_EXAMPLES, PhantomExamples, fingerprint, image_truth
 from ichdemo.io import parse_spacing
 from ichdemo.quantify import parse_thresholds
 from ichdemo.session import Session
@@ -38,10 +37,13 @@ try:  # ZeroGPU Spaces: the network runs inside a GPU slot
     import spaces
 
     _gpu = spaces.GPU(duration=120)
+    ZEROGPU = True
 except ImportError:  # everywhere else: as is (CUDA used when present, see ModelPool)
 
     def _gpu(fn: Callable) -> Callable:
         return fn
+
+    ZEROGPU = False
 
 
 # --------------------------------------------------------------------------------------------- plumbing
@@ -115,26 +117,18 @@ def _upload_paths(files: Any) -> list[str]:
     return paths
 
 
-def _fingerprint(path: str) -> str:
-    """A file's name and content digest: the same upload under another server path has the same fingerprint."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{Path(path).name}:{digest.hexdigest()}"
-
-
 def _refs(choice: Sequence[str] | str | None) -> list[str]:
     if not choice:
         return []
     return [choice] if isinstance(choice, str) else list(choice)
 
 
-VIEW_SLICE = ("overlay", "raw_overlay", "gallery", "agree")
+VIEW_SLICE = ("overlay", "raw_overlay", "gallery", "agree", "truth")
 VIEW_SERIES = ("legend", "curves", "agree_table", "table")
 VIEW_ALL = VIEW_SLICE + VIEW_SERIES
 """The view's outputs, by their names in app.py's layout: what a slice step redraws, and what thresholds change."""
-EMPTY_VIEW = (None, None, [], None, legend_html(), None, [], [])
+NO_TRUTH = {"__type__": "update", "value": None, "visible": False}
+EMPTY_VIEW = (None, None, [], None, NO_TRUTH, legend_html(), None, [], [])
 
 
 def _slice_slider(volume: Any) -> dict:
@@ -147,8 +141,12 @@ def _slice_slider(volume: Any) -> dict:
 class App:
     """The callbacks, bound to one ``ModelPool`` and the phantom examples; each returns plain values or updates."""
 
-    def __init__(self, pool: ModelPool, phantoms: PhantomExamples | None = None) -> None:
+    def __init__(
+        self, pool: ModelPool, phantoms: PhantomExamples | None = None, examples: str | Path | None = None
+    ) -> None:
+        """``examples``: the folder of example images whose ``truth/`` masks are shown beside their drafts."""
         self.pool = pool
+        self.examples = Path(examples) if examples else None
         if phantoms is None:
             phantoms = PhantomExamples()
             atexit.register(phantoms.cleanup)
@@ -175,8 +173,15 @@ class App:
         t.start()
         return t
 
-    def _network(self, refs: list[str], volume: Any, progress: Any = None) -> dict:
-        return run_models(self.pool, refs, volume, progress)
+    def _network(self, refs: list[str], volume: Any) -> dict:
+        return run_models(self.pool, refs, volume)
+
+    def _runner(self, pool: ModelPool, refs: list[str], volume: Any, progress: Any) -> dict:
+        """The network for ``Session.analyze``: inside a ZeroGPU slot on Spaces (no progress crosses into the GPU
+        worker), else directly, with progress in slices."""
+        if ZEROGPU:
+            return self._gpu_run(refs, volume)
+        return run_models(pool, refs, volume, progress)
 
     # ------------------------------------------------------------------ loading
     @ui_errors
@@ -184,27 +189,43 @@ class App:
         self, files: Any, image_window: str, spacing: str, add: bool, state: Session | None, request: gr.Request
     ) -> tuple:
         """Upload -> series. A new upload replaces the series (results and all) unless ``add`` is on: the upload box
-        lists the earlier files too, and only the new ones are kept (the box is set to them once analysis starts);
-        emptying the box clears the series. ``image_window`` and ``spacing`` say how PNG/JPG grey levels were made
-        and their voxel size (empty or "auto": estimated, and the info says so).
+        lists the earlier files too, and only the new ones are kept (the box is set to them once analysis starts).
+        ``image_window`` and ``spacing`` say how PNG/JPG grey levels were made and their voxel size (empty or
+        "auto": estimated, and the info says so).
 
         Returns (state, series info). A failed upload raises (one line) and leaves the series as it was."""
         s = _session(state, request)
         paths = _upload_paths(files)
-        if not paths:
-            if not s.uploaded:
-                return s, gr.skip()  # the box emptied by the app itself (an example series is not an upload)
-            s.cleanup()
-            s.fresh = "cleared"  # the analysis step clears the screen
-            return s, info_markdown(None)
-        given = {_fingerprint(p): p for p in paths}
-        if given.keys() == s.uploaded.keys():
-            return s, gr.skip()  # the box echoing the series' files (Gradio re-caches them under other paths)
-        new = {k: p for k, p in given.items() if k not in s.uploaded}
+        if not paths:  # the box emptied: by its clear button (``clear_series``) or by the app for an example
+            return s, gr.skip()
+        given = {fingerprint(p): p for p in paths}
+        if given.keys() == s.uploaded.keys():  # the box echoing the series' files (Gradio re-caches them elsewhere)
+            return s, info_markdown(s.volume)
+        new = {k: p for k, p in given.items() if k not in s.uploaded and k not in s.refused}
+        if not new and given.keys() <= s.uploaded.keys() | s.refused:
+            return s, info_markdown(s.volume)  # nothing but the series and refused files: the refusal was said
         chosen = given if add or not new else new  # no new file: some were removed from the box
-        s.load_files(list(chosen.values()), image_window=image_window or None, spacing=parse_spacing(spacing))
+        try:
+            s.load_files(list(chosen.values()), image_window=image_window or None, spacing=parse_spacing(spacing))
+        except IchdemoError:
+            s.refused |= chosen.keys()  # still listed in the box: the next upload beside them leaves them out
+            raise
+        if self.examples is not None:  # a CT-ICH example slice with its expert mask
+            s.truth = image_truth(list(chosen.values()), s.volume, self.examples)
+            s.truth_subtypes, s.truth_source = False, "expert mask (CT-ICH)"
         s.uploaded, s.fresh = chosen, ("loaded" if chosen == given else "replaced")
         return s, info_markdown(s.volume)
+
+    @ui_errors
+    def clear_series(self, files: Any, state: Session | None, request: gr.Request) -> tuple:
+        """The upload box's clear button: forget the series and its results (the analysis step clears the screen).
+        Nothing when the box still holds files (the event also fires when the app sets the box's files)."""
+        s = _session(state, request)
+        if _refs(files) or s.volume is None:
+            return s, gr.skip()
+        s.cleanup()
+        s.fresh = "cleared"
+        return s, info_markdown(None)
 
     @ui_errors
     def load_phantom(self, name: str, state: Session | None, request: gr.Request) -> tuple:
@@ -212,6 +233,7 @@ class App:
         s = _session(state, request)
         s.load_files(self.phantoms.files(name))
         s.uploaded, s.fresh = {}, "replaced"  # the upload box is emptied of an earlier upload
+        s.truth, s.truth_subtypes, s.truth_source = self.phantoms.truth_labels(name, s.volume), True, "phantom"
         return s, info_markdown(s.volume)
 
     # ------------------------------------------------------------------ network
@@ -221,7 +243,6 @@ class App:
         state: Session | None,
         refs: Sequence[str],
         results_ref: str | None,
-        index: float,
         *view: Any,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress idiom
     ):
@@ -230,7 +251,9 @@ class App:
         progress in slices). After a new upload it first resets the viewer (slice slider, results model, pictures)
         and, where the series is not all the box holds, sets the upload box to the files of the series.
 
-        Yields (state, status, slice slider, results model, upload box, 10 sliders, *ALL view outputs)."""
+        ``view``: window, opacities, native grid, refine (the slice shown is the session's: the slider's range may
+        be changing under a new series). Yields (state, status, slice slider, results model, upload box, 10 sliders,
+        *ALL view outputs)."""
         s = _session(state)
         refs = _refs(refs)
         fresh, s.fresh = s.fresh, ""
@@ -244,7 +267,7 @@ class App:
             return
         if fresh:
             box = gr.update(value=list(s.uploaded.values()) or None) if fresh == "replaced" else gr.skip()
-            index = s.volume.shape[0] // 2
+            s.index = s.volume.shape[0] // 2
             yield (s, "Series loaded; analysing...", _slice_slider(s.volume), gr.update(choices=[], value=None), box,
                    *[gr.skip()] * 10, *EMPTY_VIEW)
             results_ref = None
@@ -262,7 +285,7 @@ class App:
             def step(f: float, desc: str, n: int = n) -> None:
                 progress((n + f) / len(todo), desc=f"model {n + 1} of {len(todo)}: {desc}")
 
-            s.analyze(self.pool, [ref], step, runner=lambda _pool, one, vol, _p: self._gpu_run(one, vol, _p))
+            s.analyze(self.pool, [ref], step, runner=self._runner)
             run = [r for r in refs if r in s.analyses]
             choices = [(s.analyses[r].model, r) for r in run]
             left = len(todo) - n - 1
@@ -270,25 +293,25 @@ class App:
             picked = (gr.update(choices=choices, value=target), gr.skip())
             if n == 0:  # the heatmaps first (the drafts wait for the series' anatomy), and the model's thresholds
                 window, _, heat_opacity, native = view[:4]
-                maps = s.heatmap_strips(run, s.clamp_index(index), window, heat_opacity, native)
+                maps = s.heatmap_strips(run, s.clamp_index(s.index), window, heat_opacity, native)
                 yield (s, f"Ran 1 of {len(todo)} model(s); drawing its drafts...", gr.skip(), *picked,
                        *self._slider_values(s, target), None, None, [(s.picture(m), c) for m, c in maps],
-                       *[gr.skip()] * 5)
-            yield (s, msg, gr.skip(), *picked, *[gr.skip()] * 10, *self._view_all(s, run, target, index, *view))
+                       *[gr.skip()] * (len(VIEW_ALL) - 3))
+            yield (s, msg, gr.skip(), *picked, *self._slider_values(s, target),  # the thresholds in force
+                   *self._view_all(s, run, target, s.index, *view))
 
     def analyze_new(
         self,
         state: Session | None,
         refs: Sequence[str],
         results_ref: str | None,
-        index: float,
         *view: Any,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress idiom
     ):
         """``analyze`` after an upload, an example or a cleared box; nothing when the upload box only echoed the
         series (so that the status and a running analysis are left alone)."""
         if isinstance(state, Session) and state.fresh:
-            yield from self.analyze(state, refs, results_ref, index, *view, progress=progress)
+            yield from self.analyze(state, refs, results_ref, *view, progress=progress)
         else:
             yield (state, *[gr.skip()] * (4 + 10 + len(VIEW_ALL)))
 
@@ -306,14 +329,23 @@ class App:
         model's heatmap strip (skipped unless ``strips``: thresholds do not change them) and the agreement
         picture, as PNG files of the session."""
         s.refined = bool(refine)
-        i = s.clamp_index(index)
+        i = s.index = s.clamp_index(index)
         overlay = s.picture(s.overlay(ref, i, window, mask_opacity))
         raw = s.picture(s.overlay(ref, i, window, mask_opacity, refined=False)) if ref and s.refined else None
         maps = gr.skip()
         if strips:
             maps = [(s.picture(rgb), cap) for rgb, cap in s.heatmap_strips(run, i, window, heat_opacity, native)]
         agree, _ = s.agreement(run, i, window)
-        return overlay, raw, maps, s.picture(agree)
+        return overlay, raw, maps, s.picture(agree), self._truth(s, ref, i, window, mask_opacity)
+
+    def _truth(self, s: Session, ref: str | None, i: int, window: str, opacity: float) -> dict:
+        """The truth picture: shown, with the slice's Dice in its label, where the series has a known truth."""
+        known = s.truth_view(ref, i, window, opacity)
+        if known is None:
+            return NO_TRUTH
+        pic, dice = known
+        score = "no hemorrhage in either" if dice is None else f"draft Dice {dice:.2f}"
+        return gr.update(value=s.picture(pic), visible=True, label=f"Truth: {s.truth_source} · {score}")
 
     def _view_series(self, s: Session, run: list[str], ref: str | None) -> tuple:
         """VIEW_SERIES: legend with volumes and warnings, probability curves, agreement table, volume table."""

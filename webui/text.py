@@ -23,6 +23,8 @@ CSS = """
 .ich-untrained {color:#b00020;font-weight:600}
 .ich-gallery .grid-wrap {max-height:none !important; min-height:0 !important; height:auto !important}
 #overlay img, #raw-overlay img, #agreement img {width:100%; height:100%; object-fit:contain}
+#upload {min-height:220px}  /* the box keeps its height with files in it: nothing below moves under the pointer */
+#heatmaps .grid-wrap {padding-top:30px}  /* the rows start below the block's label */
 #heatmaps .thumbnail-item {aspect-ratio:auto !important; height:auto !important}
 #heatmaps .thumbnail-item img {width:100% !important; height:auto !important; object-fit:contain}
 #heatmaps .caption-label {white-space:normal !important; overflow:visible !important; position:static !important;
@@ -81,6 +83,11 @@ def info_markdown(volume: Volume | None) -> str:
         + (" — **assumed** (the input carries none): volumes are estimates" if s["spacing_assumed"] else ""),
         f"- values: {s['values']}" + (" (window presets do not apply)" if volume.prewindowed else ""),
     ]
+    if s["slices"] == 1:
+        lines.append(
+            "- one slice: the models read each slice with its two neighbours; here it stands in for both, so its "
+            "probabilities can differ from the same slice inside its series"
+        )
     lines += [f"- ⚠ {w}" for w in s["warnings"]]
     return "\n".join(lines)
 
@@ -108,3 +115,41 @@ def heatmap_rows_markdown(rows: Sequence[tuple[str, int]], volume: Volume) -> st
         for n, (name, h) in enumerate(rows, 1)
     ]
     return "Rows, top to bottom (columns: " + ", ".join(CLASSES) + "):\n\n" + "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def quality_markdown(pool: ModelPool) -> str:
+    """How good each model's drafts measured on data held out of its training and calibration, in plain words."""
+    rows = []
+    for i in pool.infos.values():
+        q = i.quality
+        c, b = q.get("ctich_held_out") or {}, q.get("ich_boxes") or {}
+        dice = c.get("dice_any") or {}
+        inside, touched = b.get("draft_pixels_in_boxes") or {}, b.get("boxes_touched") or {}
+        rows.append(
+            f"| `{i.name}` | {i.family} | {_num(dice.get('refined'))} ({_num(dice.get('raw'))}) | "
+            f"{_pct(c.get('pointing'))} | {_pct(inside.get('refined'))} | {_pct(touched.get('refined'))} | "
+            f"{_pct(b.get('pointing_labelled_subtype'))} | {_num(q.get('auroc_validation'))} |"
+        )
+    if not rows:
+        return ""
+    return "\n".join([
+        "**How good are the drafts?** Measured on scans no model saw in training or calibration "
+        "(`python -m train.evaluate_drafts`, docs/RESULTS.md). *Dice*: overlap of the refined draft with the "
+        "expert's hemorrhage mask on CT-ICH patients 77-81 (1 = identical, 0 = none; the paper's raw Algorithm 1 "
+        "in brackets). *Peak on blood*: how often the heatmap's strongest point lies on the hemorrhage. On "
+        "ich-boxes (other hospitals): the share of draft pixels inside the experts' boxes and of boxes the draft "
+        "reaches. *AUROC*: telling slices with and without each subtype apart (validation patients; 0.5 = chance).",
+        "",
+        "| model | family | Dice CT-ICH 77-81 (raw) | peak on blood | draft in boxes | boxes reached | "
+        "peak in box | AUROC |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--headless",
@@ -48,16 +49,39 @@ def _image_bytes(page, selector: str) -> bytes:
     return page.request.get(src).body()
 
 
+DONE = "(t => t.includes('Ran') && !t.includes('still running') && !t.includes('drawing'))" \
+    "(document.querySelector('#status').innerText)"
+"""The status line once every chosen model has run and its view is drawn."""
+
+PROGRESS_JS = """() => {
+  window.__progress = [];
+  new MutationObserver(() => {
+    const el = document.querySelector('#status');
+    const bar = el && el.querySelector('.progress-text, .progress-level, .eta-bar, .meta-text');
+    if (bar) window.__progress.push(el.innerText);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def test_upload_slider_overlay_download(page, phantom_series, tmp_path):
     assert "Research use only" in page.inner_text("body")
     assert "UNTRAINED" in page.inner_text("body")
+    page.evaluate(PROGRESS_JS)
     page.set_input_files("#upload input[type=file]", [str(f) for f in phantom_series[0]])
-    page.wait_for_function("document.querySelectorAll('#heatmaps img').length >= 15")  # 3 models x 5 subtypes
+    page.wait_for_function(DONE)
+    page.wait_for_function("document.querySelectorAll('#heatmaps img').length >= 3")  # one strip per model
     page.wait_for_function(
         "document.querySelector('#volumes') && document.querySelector('#volumes').innerText.includes('total')"
     )
     _shot(page, tmp_path, "1_analyzed")
+    page.locator("#heatmaps").scroll_into_view_if_needed()  # the strips load lazily, when on screen
+    page.wait_for_function("[...document.querySelectorAll('#heatmaps img')].every(i => i.complete && i.naturalWidth)")
+    page.locator("#heatmaps").screenshot(path=str(tmp_path / "1b_heatmaps.png"))
+    assert any("model 1 of 3" in t for t in page.evaluate("window.__progress")), "no progress bar seen"
     assert "8 slice(s)" in page.inner_text("#series-info")
+    captions = page.inner_text("#heatmaps")  # labelled rows, full captions
+    assert "lse_tiny (lse_unet, native 16x16)" in captions and "gap_tiny (gap, native 2x2)" in captions
+    assert "EDH p=" in captions and "…" not in captions
     # the slice slider: one step with the keyboard shows another slice
     src = page.get_attribute("#overlay img", "src")
     page.locator("#slice input[type=range]").focus()
@@ -69,6 +93,7 @@ def test_upload_slider_overlay_download(page, phantom_series, tmp_path):
     # these untrained models may stay empty, as the CT shows no blood where they point)
     before_src = page.get_attribute("#raw-overlay img", "src")
     before = _image_bytes(page, "#raw-overlay img")
+    assert page.input_value("#cls-IPH input[type=number]") == "50"  # class thresholds in percent
 
     # move the class threshold slider of every subtype to 0 and the IVH mask threshold to 0 with the keyboard
     for c in ("IPH", "IVH", "SAH", "SDH", "EDH"):
@@ -100,13 +125,60 @@ def test_upload_slider_overlay_download(page, phantom_series, tmp_path):
         assert "class thresholds (IPH,IVH,SAH,SDH,EDH): 0, 0, 0, 0, 0" in zf.read("DRAFT.txt").decode()
     _shot(page, tmp_path, "3_exported")
 
+    # "Reset to calibrated" puts the calibrated values back on the sliders and redraws with them
+    moved = page.get_attribute("#raw-overlay img", "src")
+    page.click("#reset")
+    page.wait_for_function("document.querySelector('#cls-IPH input[type=number]').value == '50'")
+    page.wait_for_function("document.querySelector('#mask-IVH input[type=number]').value == '125'")
+    page.wait_for_function(f"document.querySelector('#raw-overlay img').src != {moved!r}")
+    assert page.locator("#cls-IPH button[aria-label*='eset']").count() == 0  # no per-slider reset to a build default
+
+
+def test_several_images_are_one_series_and_a_new_upload_replaces_it(page, phantom_series, tmp_path):
+    """Three JPEG slices selected together are one stack; the next upload replaces them; clearing clears."""
+    jpgs = sorted((REPO / "examples" / "ctich").glob("ctich_07*.jpg"))[:3]
+    page.set_input_files("#upload input[type=file]", [str(f) for f in jpgs])
+    page.wait_for_function("document.querySelector('#series-info').innerText.includes('3 image(s)')")
+    page.wait_for_function("document.querySelector('#slice').innerText.includes('Slice (0..2)')")
+    page.wait_for_function(DONE)
+    _shot(page, tmp_path, "5_three_jpegs")
+    page.set_input_files("#upload input[type=file]", [str(f) for f in phantom_series[0]])  # the box adds them...
+    page.wait_for_function("document.querySelector('#series-info').innerText.includes('8 slice(s)')")
+    page.wait_for_function("document.querySelector('#slice').innerText.includes('Slice (0..7)')")
+    page.wait_for_function(DONE)
+    page.wait_for_function("document.querySelectorAll('#upload tbody tr').length == 8")  # ...the series replaces
+    page.click("#upload button[aria-label='Clear']")
+    page.wait_for_function("document.querySelector('#series-info').innerText.includes('No series loaded')")
+    page.wait_for_function("!document.querySelector('#overlay img')")
+    assert page.locator("#heatmaps img").count() == 0
+    _shot(page, tmp_path, "6_cleared")
+
+
+def test_example_shows_the_truth_beside_the_draft_without_moving_the_page(page, tmp_path):
+    example = page.get_by_text("SDH (CT-ICH 081/18), expert mask")
+    where = "el => [el.getBoundingClientRect().left + scrollX, el.getBoundingClientRect().top + scrollY]"
+    example.scroll_into_view_if_needed()
+    before = example.evaluate(where)
+    example.click()
+    page.wait_for_function(DONE)
+    page.wait_for_selector("#truth img")
+    label = page.inner_text("#truth")
+    assert "Truth: expert mask (CT-ICH)" in label and ("draft Dice" in label or "no hemorrhage" in label), label
+    after = example.evaluate(where)
+    assert abs(after[0] - before[0]) < 2 and abs(after[1] - before[1]) < 2, (before, after)  # nothing moved
+    assert "1 slice(s)" in page.inner_text("#series-info") and "two neighbours" in page.inner_text("#series-info")
+    _shot(page, tmp_path, "7_truth")
+
 
 def test_phantom_button_and_teach_tab(page, tmp_path):
-    first = page.get_attribute("#heatmaps img", "src")
+    first = page.get_attribute("#heatmaps img", "src") if page.locator("#heatmaps img").count() else None
     page.click("#phantom-4")  # SDH phantom, one click
     page.wait_for_function("document.querySelector('#series-info').innerText.includes('SDH')")
-    page.wait_for_function(f"document.querySelector('#heatmaps img').src != {first!r}")  # the new series' maps
-    assert page.locator("#heatmaps img").count() == 15
+    page.wait_for_function(DONE)
+    page.wait_for_function(f"(e => e && e.src != {first!r})(document.querySelector('#heatmaps img'))")  # new maps
+    page.wait_for_function("document.querySelectorAll('#heatmaps img').length == 3")
+    page.wait_for_selector("#truth img")  # the phantom's truth, in subtype colours
+    assert "Truth: phantom" in page.inner_text("#truth")
     page.click("button[role=tab]:has-text('Teach')")
     page.click("#teach")
     page.wait_for_function("document.querySelectorAll('#teach-maps img').length >= 4")

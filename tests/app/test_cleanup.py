@@ -73,7 +73,8 @@ def test_cache_schedule_keeps_examples_and_sweeps_stubs(short_cache_app, phantom
     before = {p.name for p in cache.glob("tmp*")}
     client = Client(url, verbose=False)
     try:
-        assert "1 slice(s)" in client.predict([handle_file(str(phantom_series[0][0]))], "auto", "", api_name="/load")[0]
+        info = client.predict([handle_file(str(phantom_series[0][0]))], "auto", "", False, api_name="/load")
+        assert "1 slice(s)" in info
     finally:
         client.close()
     stubs = {p.name for p in cache.glob("tmp*") if p.is_file() and p.stat().st_size == 0} - before
@@ -92,7 +93,7 @@ def test_an_upload_gone_meanwhile_is_refused_by_name(app_module, tmp_path):
     app = app_module.App(ModelPool([]), PhantomExamples(tmp_path / "phantoms"))
     gone = tmp_path / "cache" / "0a1b2c" / "CT0001.dcm"
     with pytest.raises(gr.Error) as info:
-        app.load_files([str(gone)], "auto", "", None, None)
+        app.load_files([str(gone)], "auto", "", False, None, None)
     assert info.value.message.startswith("CT0001.dcm: this upload is no longer on the server")
     assert str(gone.parent) not in info.value.message
     with pytest.raises(gr.Error, match="no longer on the server"):

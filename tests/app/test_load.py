@@ -200,12 +200,11 @@ def session_round(url: str, up: Upload, model: str) -> dict[str, float]:
     """One browser session from upload to export; returns the exported volumes."""
     c = Client(url, verbose=False)
     try:
-        info, slider, _, status = c.predict([handle_file(str(f)) for f in up.files], "auto", "", api_name="/load")
+        info = c.predict([handle_file(str(f)) for f in up.files], "auto", "", False, api_name="/load")
         n, rows, cols = up.shape
-        assert status == "Series loaded." and f"seed {up.seed} " in info, info
-        assert f"{n} slice(s) of {cols} x {rows} px" in info and slider["maximum"] == n - 1, info
-        ran = c.predict([model], None, api_name="/analyze")
-        assert ran[1]["value"] == model, ran[0]
+        assert f"seed {up.seed} " in info and f"{n} slice(s) of {cols} x {rows} px" in info, info
+        ran = c.predict([model], None, "brain", 0.45, 0.5, False, False, api_name="/analyze")
+        assert ran[2]["value"] == model, ran[0]
         view = c.predict(
             [model], model, n // 2, "brain", 0.45, 0.5, False, False, *up.set_thresholds_args(),
             api_name="/set_thresholds",

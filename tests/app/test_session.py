@@ -161,7 +161,8 @@ def test_views_for_the_current_slice(analysed, tiny_models):
     assert path.parent.parent == s.folder and path == s.picture(strips[0][0])  # named by content
     shown = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(int)
     assert np.abs(shown - strips[0][0]).mean() < 2  # JPEG, quality 95
-    assert s.base_rgb(3, "40/80").shape == base.shape and not np.array_equal(s.base_rgb(3, "40/80"), base)
+    assert np.array_equal(s.base_rgb(3, "40/80"), base)  # free centre/width: the brain preset written out
+    assert not np.array_equal(s.base_rgb(3, "600/2800"), base)
     agree, rows = s.agreement(refs, 3)
     assert agree.shape == base.shape and len(rows) == 1 and rows[0][:2] == ["lse_tiny", "gap_tiny"]
     assert s.agreement(refs[:1], 3)[1] == []
