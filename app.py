@@ -257,13 +257,8 @@ def _threshold_section(ui: SimpleNamespace) -> None:
         "not run again. They apply to the results model; each model keeps its own."
     )
     with gr.Row():
-        ui.results_ref = gr.Dropdown(
-            [],
-            value=None,
-            allow_custom_value=True,  # a view event in flight may name the model of the series just replaced
-            label="Results model (overlay, curves, volumes, export)",
-            elem_id="results-model",
-            scale=3,
+        ui.results_ref = gr.Radio(  # one click, no menu to open: switching models is what people compare with
+            [], value=None, label="Results model (overlay, curves, volumes, export)", elem_id="results-model", scale=3
         )
         ui.reset_btn = gr.Button("Reset to calibrated", scale=1, elem_id="reset")
     ui.cls_sliders, ui.mask_sliders = _threshold_sliders()

@@ -2,8 +2,9 @@
 
     python -m bench.run --json docs/bench.json            # full CPU run (2 threads), then docs/BENCHMARKS.md
     python -m bench.run --quick --json /tmp/bench.json    # CI: small sizes, checks every figure is produced
-    python -m bench.run --json docs/bench.json --md docs/BENCHMARKS.md --gpu-json docs/bench_gpu.json
-                                                          # GPU figures from a bench.gpu run on a GPU machine
+    python -m bench.run --json docs/bench.json --md docs/BENCHMARKS.md --gpu-json docs/bench_gpu.json \
+        --browser-json docs/bench_browser.json            # GPU figures from a bench.gpu run on a GPU machine,
+                                                          # browser figures from a bench.browser run
 
 Figures (JSON keys; null where not measured, e.g. GPU figures without a GPU):
     cpu_cam_over_forward   all-class Grad-CAM time / forward-only time, one 3x512x512 slice, 2 threads (target <= 1.25)
@@ -357,7 +358,31 @@ def markdown(result: dict, command: str) -> str:
                      f"{r['cam_over_forward']:.2f} | {pgc} |")
     if result.get("gpu"):
         lines += gpu_markdown(result["gpu"])
+    if result.get("browser"):
+        lines += browser_markdown(result["browser"])
     return "\n".join(lines) + "\n"
+
+
+def browser_markdown(b: dict) -> list[str]:
+    """The browser section: what a person waits for (bench.browser), against the targets."""
+    lines = [
+        "",
+        "## In the browser",
+        "",
+        f"From `python -m bench.browser --json docs/bench_browser.json` on {b['date']}: {b['machine']}; `python app.py`"
+        f" with its bundled models and default selection, headless Chromium on the same machine, {b['source']} "
+        "selected together in the upload box. Each figure runs from the user's action to the last picture it changed "
+        "loaded in the page (medians over repeats).",
+        "",
+        "| figure | measured | target | met |",
+        "|---|---|---|---|",
+    ]
+    for key, target in b["targets"].items():
+        unit = "s" if key.endswith("_s") else "ms"
+        lines.append(f"| `{key}` | {b[key]:g} {unit} | <= {target:g} {unit} | {'yes' if b['met'][key] else '**no**'} |")
+    lines.append(f"| `ui_first_draft_s` | {b['ui_first_draft_s']:g} s | - | |")
+    lines.append(f"| `ui_analysis_s` | {b['ui_analysis_s']:g} s | - | |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True, help="where to write the figures")
     p.add_argument("--md", help="also write this markdown table (docs/BENCHMARKS.md)")
     p.add_argument("--gpu-json", help="fill the GPU figures from this bench.gpu JSON (measured on a GPU machine)")
+    p.add_argument("--browser-json", help="add the browser figures of this bench.browser JSON to --md")
     args = p.parse_args(argv)
     gpu = json.loads(Path(args.gpu_json).read_text()) if args.gpu_json else None
     result = with_gpu(run(args.quick), gpu)
@@ -373,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.md:
         command = "python -m bench.run" + (" --quick" if args.quick else "") + f" --json {args.json} --md {args.md}"
         command += f" --gpu-json {args.gpu_json}" if args.gpu_json else ""
-        Path(args.md).write_text(markdown(result, command))
+        command += f" --browser-json {args.browser_json}" if args.browser_json else ""
+        browser = json.loads(Path(args.browser_json).read_text()) if args.browser_json else None
+        Path(args.md).write_text(markdown({**result, "browser": browser}, command))
     print(json.dumps({k: v for k, v in result.items() if k not in ("models", "details", "gpu")}, indent=2))
     return 0
 

@@ -268,7 +268,7 @@ class App:
         if fresh:
             box = gr.update(value=list(s.uploaded.values()) or None) if fresh == "replaced" else gr.skip()
             s.index = s.volume.shape[0] // 2
-            yield (s, "Series loaded; analysing...", _slice_slider(s.volume), gr.update(choices=[], value=None), box,
+            yield (s, "Series loaded; analysing...", _slice_slider(s.volume), gr.update(value=None), box,
                    *[gr.skip()] * 10, *EMPTY_VIEW)
             results_ref = None
         if not refs:
