@@ -327,7 +327,7 @@ class App:
                     heat_opacity: float, native: bool, refine: bool = True, strips: bool = True) -> tuple:
         """VIEW_SLICE: the draft (refined unless ``refine`` is off), the paper's raw Algorithm 1 beside it, every
         model's heatmap strip (skipped unless ``strips``: thresholds do not change them) and the agreement
-        picture, as PNG files of the session."""
+        picture, and the known truth where there is one, as picture files of the session."""
         s.refined = bool(refine)
         i = s.index = s.clamp_index(index)
         overlay = s.picture(s.overlay(ref, i, window, mask_opacity))
