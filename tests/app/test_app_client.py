@@ -53,11 +53,12 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
     assert status == "Ran 2 of 2 model(s).", status
     assert picked["value"] == tiny_models["lse"]
     assert list(sliders) == [50.0] * 5 + [75.0, 125.0, 125.0, 75.0, 25.0]  # calibrated defaults, class ones in %
-    legend, curves, agree_table, table = view[4:]
+    truth, legend, curves, agree_table, table = view[4:]
+    assert truth["visible"] is False  # no known truth for an upload
     assert "IPH" in legend and curves is not None and table["data"][-1][0] == "total"
     assert agree_table["data"][0][:2] == ["lse_tiny", "gap_tiny"]
 
-    overlay, raw, gallery, agree = _view(client, refs, tiny_models["lse"])  # slice 4: the slider's range was set
+    overlay, raw, gallery, agree, _truth = _view(client, refs, tiny_models["lse"])  # slice 4: the slider's range was set
     assert Path(raw).is_file()  # the paper's raw Algorithm 1 beside the refined draft
     assert Path(overlay).is_file() and Path(agree).is_file()
     assert len(gallery) == 2  # one labelled strip per model
@@ -72,7 +73,7 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
         refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, False, *[0.0] * 5, *[0] * 5, api_name="/set_thresholds"
     )  # every pixel a hemorrhage, air included: more than the skull holds, flagged instead of printed
     assert everything[-1]["data"][-1][:3] == ["total", "not plausible", "not plausible"]
-    assert "exceeds the intracranial volume" in everything[4]  # the legend
+    assert "exceeds the intracranial volume" in everything[5]  # the legend
     opened = client.predict(
         *(refs, tiny_models["lse"], 4, "brain", 0.45, 0.5, False, False), *[0.0] * 5, *[200] * 5,
         api_name="/set_thresholds",
