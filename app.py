@@ -10,7 +10,7 @@ Layout and wiring only (hysts' Spaces pattern): this file builds the Blocks and 
 ``webui.callbacks.App`` (one ``ichdemo.catalogue.ModelPool`` per process, one ``ichdemo.session.Session`` per
 browser session, in ``gr.State``); every computation is in the library, every text in ``webui.text``. ``demo`` is
 module level so that ``gradio app.py`` and Spaces find it. Scripting with gradio_client: ``/predict``, ``/export``
-and ``/teach`` take files and plain values (see the About tab).
+and ``/teach`` take files and plain values; ``/edit`` corrects the session's draft (see the About tab).
 """
 
 from __future__ import annotations
@@ -95,6 +95,17 @@ pictures, notes = client.predict(files, "", 12, "IPH", 3.0, api_name="/teach")  
 ```
 Each takes plain values (files, model names, numbers, "a,b,c,d,e" thresholds) and keeps nothing between calls;
 errors come back as one-line messages.
+
+**Corrections** (`/edit`) work on the series a client session has loaded and analysed, as the buttons under the
+viewer do: after `client.predict(files, "auto", "", False, api_name="/load")` and
+`client.predict([model], None, "brain", 0.45, 0.5, False, True, api_name="/analyze")`,
+```python
+client.predict([model], model, 12, "brain", 0.45, 0.5, False, True,     # models, results model, slice, view
+               "paint", "SDH", handle_file("brush.png"), -1, -1, api_name="/edit")
+```
+paints the non-zero pixels of `brush.png` (the slice's size) as SDH on slice 12. Actions: paint, erase, fill (a
+closed outline and its inside), remove (the region under row, col), clear, accept, no-hemorrhage, revert, undo,
+redo. `/session_export` then writes the corrected labels, and its report.json says per slice what a person did.
 """
 
 
@@ -230,6 +241,21 @@ def _viewer_column(ui: SimpleNamespace) -> None:
         ui.truth = _picture("Known truth", "truth", visible=False)  # examples with a known truth only
     ui.legend = gr.HTML(legend_html(), elem_id="legend")
     gr.HTML(agreement_legend_html())
+    with gr.Row():
+        ui.edit_subtype = gr.Dropdown(list(CLASSES), value="IPH", label="Subtype to paint", scale=1,
+                                      elem_id="edit-subtype")
+        ui.edit_buttons = {
+            action: gr.Button(text, size="sm", elem_id=f"edit-{action}", min_width=80)
+            for action, text in [("accept", "Accept slice"), ("no-hemorrhage", "No hemorrhage"),
+                                 ("clear", "Clear slice"), ("revert", "Back to draft"), ("undo", "Undo"),
+                                 ("redo", "Redo")]
+        }
+    with gr.Row(visible=False):  # the /edit endpoint's inputs for scripts (the buttons above use the same step)
+        ui.edit_action = gr.Textbox("accept", label="action")
+        ui.edit_mask = gr.File(label="mask image")
+        ui.edit_row = gr.Number(-1, precision=0, label="row")
+        ui.edit_col = gr.Number(-1, precision=0, label="col")
+        ui.edit_btn = gr.Button("edit")
     with gr.Row():
         ui.mask_opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Mask opacity")
         ui.heat_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
@@ -427,6 +453,11 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
         api_name="reset_thresholds",
         api_visibility="undocumented",
     ).then(app.render_all, view_in, view_all, **private()).then(**mesh, **private())
+    edit_out = [ui.state, ui.index, *view_all]
+    edit_in = [ui.edit_subtype, ui.edit_mask, ui.edit_row, ui.edit_col]
+    ui.edit_btn.click(app.edit, [*view_in, ui.edit_action, *edit_in], edit_out, api_name="edit", **quiet)
+    for action, btn in ui.edit_buttons.items():
+        btn.click(app.edit, [*view_in, gr.State(action), *edit_in], edit_out, **quiet, **private())
     ui.update3d.click(
         app.render_3d, [ui.state, ui.results_ref], ui.plot3d, api_name="view_3d", api_visibility="undocumented"
     )

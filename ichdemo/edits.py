@@ -58,6 +58,7 @@ class Edits:
     shape: tuple[int, int, int]
     slices: dict[int, np.ndarray] = field(default_factory=dict)
     status: dict[int, str] = field(default_factory=dict)
+    revision: int = 0  # counts changes (undo and redo included): caches of what the edits change key on it
     _undo: list[_Step] = field(default_factory=list, repr=False)
     _redo: list[_Step] = field(default_factory=list, repr=False)
 
@@ -81,6 +82,16 @@ class Edits:
     def provenance(self) -> list[str]:
         """Each slice's status, in slice order (for reports and exports)."""
         return [self.status.get(i, "draft") for i in range(self.shape[0])]
+
+    def summary(self) -> dict:
+        """For report.json: each slice's status and the counts, so that a reader knows what a person checked."""
+        slices = self.provenance()
+        return {
+            "slices": slices,
+            "counts": {s: slices.count(s) for s in STATUSES},
+            "note": "draft = the model's, untouched; edited = painted or erased by a person; reviewed = accepted by "
+            "a person; no-hemorrhage = declared normal by a person",
+        }
 
     def reviewed(self) -> int:
         """How many slices a person has seen through: edited, accepted or declared free of hemorrhage."""
@@ -207,6 +218,7 @@ class Edits:
         self._redo.clear()
 
     def _restore(self, i: int, lab: np.ndarray | None, status: str) -> None:
+        self.revision += 1
         if lab is None:
             self.slices.pop(i, None)
         else:

@@ -32,6 +32,7 @@ import numpy as np
 
 from ichdemo import __version__
 from ichdemo.constants import CLASSES, RESEARCH_NOTICE
+from ichdemo.edits import Edits
 from ichdemo.errors import UnsupportedInputError
 from ichdemo.inference import LoadedModel, load_model
 from ichdemo.quantify import Thresholds, abc2_ml, algorithm1, scale_heatmaps, volumes_ml
@@ -242,6 +243,7 @@ def save(
     keep_phi: bool = False,
     name: str | None = None,
     refined: bool = True,
+    edits: Edits | None = None,
 ) -> Saved:
     """Write the predict folder (labels.nii.gz, report.json, heatmaps.npz, label PNGs for images) and ``formats``.
 
@@ -257,13 +259,19 @@ def save(
         name: series name in export file names (default the neutral "draft": an input's own name may be the
             patient's).
         refined: refine Algorithm 1's drafts (``Analysis.labels``); False writes the paper's raw Algorithm 1.
+        edits: a person's corrections (``ichdemo.edits``): their slices replace the draft's, volumes follow, and
+            the report says per slice what is the model's draft and what a person edited or reviewed.
     """
     from ichdemo.export import export
     from ichdemo.export.predictions import EXPORT_NAME, write_prediction
 
     t = thresholds or analysis.thresholds
     labels = analysis.labels(t, refined)
+    if edits is not None:
+        labels = edits.apply(labels)
     report = analysis.report(labels, t, volume, refined)
+    if edits is not None:
+        report["review"] = edits.summary()
     files = write_prediction(out_dir, volume, labels, report, analysis.maps255 if heatmaps else None,
                              analysis.probs, list(source_paths) if source_paths else None)
     saved = Saved(labels, report, files)
@@ -281,6 +289,7 @@ def save_draft(
     thresholds: Thresholds | None = None,
     formats: Sequence[str] = (),
     refined: bool = True,
+    edits: Edits | None = None,
 ) -> Saved:
     """The draft zip an annotator downloads: ``prediction/`` (the predict folder), ``formats/`` (the requested
     export formats, with export.json) and DRAFT.txt (model, version, thresholds, "not reviewed").
@@ -296,7 +305,8 @@ def save_draft(
     work = zpath.parent / f".{zpath.stem}-{secrets.token_hex(4)}"
     t = thresholds or analysis.thresholds
     saved = save(analysis, volume, work / "prediction", t, formats, export_dir=work / "formats", name="labels",
-                 refined=refined)
-    (work / "DRAFT.txt").write_text(draft_stamp(analysis.model_info, t, list(saved.exported), saved.skipped))
+                 refined=refined, edits=edits)
+    stamp = draft_stamp(analysis.model_info, t, list(saved.exported), saved.skipped, saved.report.get("review"))
+    (work / "DRAFT.txt").write_text(stamp)
     zip_folder(work, zpath)
     return saved

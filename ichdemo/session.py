@@ -33,6 +33,7 @@ import numpy as np
 from ichdemo import viz
 from ichdemo.catalogue import NO_MODEL_HELP, ModelPool, Progress, run_models
 from ichdemo.constants import CLASSES, WINDOWS
+from ichdemo.edits import Edits
 from ichdemo.errors import UnsupportedInputError
 from ichdemo.export.images import safe_name
 from ichdemo.metrics import binary_dice
@@ -91,6 +92,7 @@ class Session:
     truth_subtypes: bool = False
     truth_source: str = ""
     index: int = 0  # the slice the viewer shows
+    edits: Edits | None = None  # a person's corrections of the results model's draft (``ichdemo.edits``)
     fresh: str = ""
     _labels: dict[tuple[str, bool], tuple[Thresholds, np.ndarray]] = field(default_factory=dict, repr=False)
     _memo: dict[tuple, Any] = field(default_factory=dict, repr=False)  # series-wide numbers per thresholds
@@ -116,7 +118,7 @@ class Session:
         self._drafts.clear()
         self._pictures.clear()
         self.uploaded = {}
-        self.truth = None
+        self.truth = self.edits = None
         self.volume = None
         self.analyses.clear()
         self.thresholds.clear()
@@ -171,7 +173,7 @@ class Session:
     def set_volume(self, volume: Volume) -> Volume:
         """Make ``volume`` the session's series (drops every cached analysis)."""
         self.volume = volume
-        self.truth, self.truth_source = None, ""
+        self.truth, self.truth_source, self.edits = None, "", None
         self.analyses.clear()
         self.thresholds.clear()
         self._labels.clear()
@@ -256,6 +258,48 @@ class Session:
             self._labels[key] = (t, a.labels(t, key[1]))
         return self._labels[key][1]
 
+    def shown_labels(self, ref: str) -> np.ndarray:
+        """(S, H, W) labels of the draft as shown and exported: the model's (``labels``) with a person's edited
+        slices in place."""
+        lab = self.labels(ref)
+        return self.edits.apply(lab) if self.edits is not None and self.edits.slices else lab
+
+    def edit(self, ref: str, action: str, index: int, subtype: str = "", mask: np.ndarray | None = None,
+             row: int = -1, col: int = -1) -> int:
+        """A person's correction of ``ref``'s draft (the one shown: refined or raw), kept on disk in the session
+        folder. ``action``: "paint" / "erase" / "fill" (``mask``: (H, W) bool; paint and fill take ``subtype``),
+        "remove" (the region under ``row``, ``col``), "clear", "accept", "no-hemorrhage", "revert", "undo",
+        "redo". Returns the slice changed (undo/redo: the slice they changed; -1: nothing to change).
+
+        Raises:
+            UnsupportedInputError: an unknown action, subtype or slice, or a mask of another size.
+        """
+        vol = self.require_volume()
+        draft = self.labels(ref)
+        ed = self.edits if self.edits is not None else Edits(tuple(vol.shape))
+        i = self.clamp_index(index) if action not in ("undo", "redo") else -1
+        needs_mask = action in ("paint", "erase", "fill")
+        if needs_mask and mask is None:
+            raise UnsupportedInputError(f"{action} needs a mask image of the slice's size")
+        steps = {
+            "paint": lambda: ed.paint(i, mask, subtype, draft),
+            "erase": lambda: ed.erase(i, mask, draft),
+            "fill": lambda: ed.fill(i, mask, subtype, draft),
+            "remove": lambda: ed.remove_region(i, int(row), int(col), draft),
+            "clear": lambda: ed.clear_slice(i, draft),
+            "accept": lambda: ed.accept(i),
+            "no-hemorrhage": lambda: ed.no_hemorrhage(i),
+            "revert": lambda: ed.revert(i),
+            "undo": ed.undo,
+            "redo": ed.redo,
+        }
+        if action not in steps:
+            raise UnsupportedInputError(f"unknown edit {action!r}; choose one of {', '.join(steps)}")
+        out = steps[action]()
+        self.edits = ed
+        ed.save(self.folder / "edits")
+        return out if action in ("undo", "redo") and out is not None else (i if out is not False else -1)
+
     # ------------------------------------------------------------------ views
     def base_rgb(self, index: int, window: str = "paper") -> np.ndarray:
         """The slice in grey under a display window: a preset of ``WINDOWS`` or "centre/width" in HU."""
@@ -276,6 +320,8 @@ class Session:
         base = self.base_rgb(i, window)
         if not ref or ref not in self.analyses:
             return base
+        if refined is None and self.edits is not None:  # the draft as shown: a person's edits in place
+            return viz.label_overlay(base, self.edits.current(i, self.labels(ref)), opacity)
         return viz.label_overlay(base, self.labels(ref, refined)[i], opacity)
 
     def truth_view(self, ref: str | None, index: int, window: str = "paper", opacity: float = 0.45):
@@ -287,7 +333,9 @@ class Session:
         pic = viz.truth_overlay(self.base_rgb(i, window), self.truth[i], self.truth_subtypes, opacity)
         if not ref or ref not in self.analyses:
             return pic, None
-        d = binary_dice(self.labels(ref)[i], self.truth[i], empty=np.nan)
+        labs = self.labels(ref)
+        shown = self.edits.current(i, labs) if self.edits is not None else labs[i]
+        d = binary_dice(shown, self.truth[i], empty=np.nan)
         return pic, None if np.isnan(d) else d
 
     def heatmap_strips(
@@ -365,7 +413,7 @@ class Session:
         """Curves, volume table and legend of a model under its current thresholds."""
         a = self.require_analysis(ref)
         vol = self.require_volume()
-        lab = self.labels(ref)
+        lab = self.shown_labels(ref)
         t = self.thresholds.get(ref, a.thresholds)
 
         def compute() -> tuple:
@@ -377,14 +425,15 @@ class Session:
                 rows = [[r[0], "not plausible", "not plausible", r[3]] for r in rows]
             return ml, abc, rows, [c for c in CLASSES if ml[c] > 0], warnings
 
-        ml, abc, rows, present, warnings = self._remember(("volumes", ref, t, self.refined), compute)
+        revision = self.edits.revision if self.edits is not None else 0
+        ml, abc, rows, present, warnings = self._remember(("volumes", ref, t, self.refined, revision), compute)
         fig = viz.probability_figure(a.probs, t.class_thresholds, f"{a.model}: slice probabilities")
         return ResultsView(fig, rows, ml, abc, present, warnings)
 
     def mesh(self, ref: str):
         """3D figure of a model's masks (with the head outline) for a series."""
         vol = self.require_volume()
-        lab = self.labels(ref)
+        lab = self.shown_labels(ref)
         head = vol.data > (20 if vol.prewindowed else -300)
         return viz.mesh_figure(lab, vol.spacing, head=head)
 
@@ -392,7 +441,10 @@ class Session:
         """The JSON report of a model under its current thresholds (``Analysis.report``)."""
         a = self.require_analysis(ref)
         t = self.thresholds.get(ref, a.thresholds)
-        return a.report(self.labels(ref), t, self.require_volume(), self.refined)
+        rep = a.report(self.shown_labels(ref), t, self.require_volume(), self.refined)
+        if self.edits is not None:
+            rep["review"] = self.edits.summary()
+        return rep
 
     # ------------------------------------------------------------------ export
     def export(self, ref: str, formats: Sequence[str] = ()) -> tuple[Path, dict[str, str]]:
@@ -411,7 +463,8 @@ class Session:
 
         a, vol = self.require_analysis(ref), self.require_volume()
         zpath = self.folder / f"ichdemo-draft-{safe_name(a.model)[:60]}-{time.strftime('%Y%m%d-%H%M%S')}.zip"
-        saved = save_draft(a, vol, zpath, self.thresholds.get(ref, a.thresholds), list(formats), self.refined)
+        saved = save_draft(a, vol, zpath, self.thresholds.get(ref, a.thresholds), list(formats), self.refined,
+                           self.edits)
         if zpath not in self._drafts:  # a second export in the same second rewrites the same name
             self._drafts.append(zpath)
         while len(self._drafts) > KEEP_DRAFTS:  # older drafts were served (copied away) already

@@ -29,7 +29,7 @@ from ichdemo.io import parse_spacing
 from ichdemo.quantify import parse_thresholds
 from ichdemo.session import Session
 from ichdemo.teach import explain_slice
-from webui.text import info_markdown, legend_html, warnings_html
+from webui.text import info_markdown, legend_html, review_html, warnings_html
 
 log = logging.getLogger("ichdemo.app")
 
@@ -115,6 +115,17 @@ def _upload_paths(files: Any) -> list[str]:
         msg = f"{gone[0]}: this upload is no longer on the server (uploads are kept for a limited time); upload again"
         raise gr.Error(html.escape(msg, quote=False), print_exception=False)
     return paths
+
+
+def _mask_image(upload: Any) -> Any:
+    """(H, W) bool from an uploaded mask image (PNG/JPG; non-zero pixels are the mask)."""
+    import cv2
+
+    path = _upload_paths(upload)[0]
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise gr.Error(f"{Path(path).name}: not an image OpenCV can read (use PNG)", print_exception=False)
+    return (img if img.ndim == 2 else img[..., :3].max(axis=2)) > 0
 
 
 def _refs(choice: Sequence[str] | str | None) -> list[str]:
@@ -353,7 +364,8 @@ class App:
         if ref is None:
             return legend_html(), None, rows, []
         res = s.results(ref)
-        return legend_html(res.volumes_ml, res.present) + warnings_html(res.warnings), res.figure, rows, res.rows
+        legend = legend_html(res.volumes_ml, res.present) + warnings_html(res.warnings) + review_html(s.edits)
+        return legend, res.figure, rows, res.rows
 
     def _view_all(self, s: Session, refs: Sequence[str], results_ref: str | None, index: Any, *view: Any,
                   strips: bool = True) -> tuple:
@@ -423,6 +435,41 @@ class App:
         for name in ("agree", "agree_table"):  # the agreement of the chosen models does not depend on which is shown
             out[VIEW_ALL.index(name)] = gr.skip()
         return (*self._slider_values(s, results_ref), *out)
+
+    # ------------------------------------------------------------------ corrections
+    @ui_errors
+    def edit(
+        self,
+        state: Session | None,
+        refs: Sequence[str],
+        results_ref: str | None,
+        index: float,
+        window: str,
+        mask_opacity: float,
+        heat_opacity: float,
+        native: bool,
+        refine: bool,
+        action: str,
+        subtype: str = "",
+        mask: Any = None,
+        row: float | None = -1,
+        col: float | None = -1,
+    ) -> tuple:
+        """A person's correction of the results model's draft (``Session.edit``): on the current slice ``index``,
+        ``action`` paint / erase / fill (``mask``: an image of the slice's size, non-zero = the pixels; paint and
+        fill take ``subtype``), remove (the region under ``row``, ``col``), clear, accept, no-hemorrhage, revert,
+        or undo / redo. Returns (state, slice slider, *ALL view outputs); volumes and review progress follow."""
+        s = _session(state)
+        if not results_ref or results_ref not in s.analyses:
+            raise gr.Error("Analyze a series first: corrections apply to the results model's draft.",
+                           print_exception=False)
+        pixels = _mask_image(mask) if _refs(mask) else None
+        i = s.edit(results_ref, str(action or "").strip(), index, subtype or "", pixels, int(row or -1),
+                   int(col or -1))
+        shown = i if i >= 0 else s.clamp_index(index)
+        view = self._view_all(s, refs, results_ref, shown, window, mask_opacity, heat_opacity, native, refine,
+                              strips=False)
+        return (s, gr.update(value=shown), *view)
 
     # ------------------------------------------------------------------ export, teach, API
     @ui_errors

@@ -153,3 +153,15 @@ def quality_markdown(pool: ModelPool) -> str:
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
+
+
+def review_html(edits) -> str:
+    """Review progress of a person's corrections (``ichdemo.edits.Edits``), one line under the legend; "" before
+    the first correction."""
+    if edits is None:
+        return ""
+    counts = edits.summary()["counts"]
+    n = sum(counts.values())
+    return (f'<div class="ich-legend"><b>Reviewed {n - counts["draft"]} of {n} slices</b> (edited '
+            f'{counts["edited"]}, accepted {counts["reviewed"]}, no hemorrhage {counts["no-hemorrhage"]}); '
+            "volumes and exports use the corrected slices.</div>")

@@ -20,11 +20,21 @@ def available_formats() -> list[tuple[str, str]]:
     return [(f"{name}: {fmt.description}", name) for name, fmt in FORMATS.items()]
 
 
-def draft_stamp(model_info: dict, t: Thresholds, formats: Sequence[str], skipped: dict[str, str] | None = None) -> str:
-    """The text of DRAFT.txt: what produced these masks and that they are drafts."""
+def draft_stamp(
+    model_info: dict, t: Thresholds, formats: Sequence[str], skipped: dict[str, str] | None = None,
+    review: dict | None = None,
+) -> str:
+    """The text of DRAFT.txt: what produced these masks, that they are drafts, and how many slices a person
+    edited or reviewed (``review``: ``Edits.summary``)."""
+    counts = (review or {}).get("counts") or {}
+    touched = sum(v for k, v in counts.items() if k != "draft")
+    head = "DRAFT MASKS FOR ANNOTATION - NOT REVIEWED"
+    if touched:
+        head = (f"DRAFT MASKS FOR ANNOTATION - {touched} of {sum(counts.values())} slices edited or reviewed by a "
+                "person (report.json: review), the others the model's draft")
     return "\n".join(
         [
-            "DRAFT MASKS FOR ANNOTATION - NOT REVIEWED",
+            head,
             RESEARCH_NOTICE,
             "",
             f"ichdemo version: {__version__}",

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import cv2
 import nibabel as nib
 import numpy as np
 import pytest
@@ -34,11 +35,12 @@ def _view(client, refs, ref, index=4):
 def test_named_endpoints(client):
     """The documented API is the stateless one (plain values in); the session's steps stay callable, undocumented."""
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert set(api) == {"/predict", "/export", "/teach"}
+    assert set(api) == {"/predict", "/export", "/teach", "/edit"}
     params = {name: [p["parameter_name"] for p in api[name]["parameters"]] for name in api}
     assert params["/predict"] == ["files", "models", "class_thresholds", "mask_thresholds"]
     assert params["/export"] == ["files", "model", "formats", "class_thresholds", "mask_thresholds"]
     assert params["/teach"] == ["files", "models", "index", "cls", "r"]
+    assert params["/edit"][-5:] == ["action", "subtype", "mask", "row", "col"]  # a correction of the loaded series
     # the session steps (/load, /analyze, /render, /set_thresholds, /session_export...) are called in the tests below
 
 
@@ -58,7 +60,7 @@ def test_upload_analyze_threshold_export(client, phantom_series, tiny_models):
     assert "IPH" in legend and curves is not None and table["data"][-1][0] == "total"
     assert agree_table["data"][0][:2] == ["lse_tiny", "gap_tiny"]
 
-    overlay, raw, gallery, agree, _truth = _view(client, refs, tiny_models["lse"])  # slice 4: the slider's range was set
+    overlay, raw, gallery, agree, _truth = _view(client, refs, tiny_models["lse"])  # slice 4: range set
     assert Path(raw).is_file()  # the paper's raw Algorithm 1 beside the refined draft
     assert Path(overlay).is_file() and Path(agree).is_file()
     assert len(gallery) == 2  # one labelled strip per model
@@ -223,3 +225,44 @@ def test_several_images_uploaded_together_are_one_series(client):
     assert "3 slice(s)" in info, info
     report, _ = client.predict([handle_file(str(f)) for f in jpgs], "lse_tiny", api_name="/predict")
     assert report["models"]["lse_tiny"]["input"]["slices"] == 3
+
+
+def test_corrections_through_the_edit_endpoint_reach_the_export(client, phantom_series, tiny_models, tmp_path):
+    """Paint one slice, clear another and undo it, declare a third normal: the export holds exactly that, and its
+    report says per slice what a person did."""
+    from ichdemo.export.nifti import labels_from_nifti
+    from ichdemo.io import load_volume
+
+    files, phantom = phantom_series
+    client.predict([handle_file(str(f)) for f in files], "auto", "", False, api_name="/load")
+    lse = tiny_models["lse"]
+    client.predict([lse], None, *VIEW, api_name="/analyze")
+    brush = np.zeros(phantom.shape[1:], np.uint8)
+    brush[10:20, 30:40] = 255
+    png = tmp_path / "brush.png"
+    cv2.imwrite(str(png), brush)
+
+    def edit(index: int, action: str, subtype: str = "IPH", mask: Path | None = None) -> list:
+        upload = handle_file(str(mask)) if mask else None
+        return client.predict([lse], lse, index, *VIEW, action, subtype, upload, -1, -1, api_name="/edit")
+
+    out = edit(2, "paint", "SDH", png)
+    assert "Reviewed 1 of 8 slices" in out[6]  # the legend
+    edit(3, "clear")
+    edit(3, "undo")
+    edit(5, "no-hemorrhage")
+    zpath, _ = client.predict(lse, ["nifti"], api_name="/session_export")
+    with zipfile.ZipFile(zpath) as zf:
+        zf.extractall(tmp_path / "draft")
+        draft_txt = zf.read("DRAFT.txt").decode()
+    report = json.loads((tmp_path / "draft" / "prediction" / "report.json").read_text())
+    vol = load_volume([str(f) for f in files])
+    labels = labels_from_nifti(tmp_path / "draft" / "prediction" / "labels.nii.gz", vol)
+    assert (labels[2][brush > 0] == 4).all()  # SDH exactly where painted
+    assert not labels[5].any()
+    assert report["review"]["slices"][2:6] == ["edited", "draft", "draft", "no-hemorrhage"]
+    assert "2 of 8 slices edited or reviewed by a person" in draft_txt
+    with pytest.raises(AppError, match="paint needs a mask image"):
+        edit(1, "paint", "IPH")
+    with pytest.raises(AppError, match="unknown edit 'smudge'"):
+        edit(1, "smudge")

@@ -179,6 +179,10 @@ def test_phantom_button_and_teach_tab(page, tmp_path):
     page.wait_for_function("document.querySelectorAll('#heatmaps img').length == 3")
     page.wait_for_selector("#truth img")  # the phantom's truth, in subtype colours
     assert "Truth: phantom" in page.inner_text("#truth")
+    page.click("#edit-no-hemorrhage")  # a person's review of this slice: counted, and undone
+    page.wait_for_function("document.querySelector('#legend').innerText.includes('Reviewed 1 of')")
+    page.click("#edit-undo")
+    page.wait_for_function("document.querySelector('#legend').innerText.includes('Reviewed 0 of')")
     page.click("button[role=tab]:has-text('Teach')")
     page.click("#teach")
     page.wait_for_function("document.querySelectorAll('#teach-maps img').length >= 4")

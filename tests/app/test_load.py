@@ -204,7 +204,7 @@ def session_round(url: str, up: Upload, model: str) -> dict[str, float]:
         n, rows, cols = up.shape
         assert f"seed {up.seed} " in info and f"{n} slice(s) of {cols} x {rows} px" in info, info
         ran = c.predict([model], None, "brain", 0.45, 0.5, False, False, api_name="/analyze")
-        assert ran[2]["value"] == model, ran[0]
+        assert ran[0] == "Ran 1 of 1 model(s).", ran[0]
         view = c.predict(
             [model], model, n // 2, "brain", 0.45, 0.5, False, False, *up.set_thresholds_args(),
             api_name="/set_thresholds",
