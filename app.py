@@ -277,14 +277,18 @@ def _heatmap_section(ui: SimpleNamespace) -> None:
     )
 
 
-def _threshold_section(ui: SimpleNamespace) -> None:
+def _threshold_section(ui: SimpleNamespace, pool: ModelPool) -> None:
     gr.Markdown(
         "### Thresholds\nMoving a slider re-thresholds the cached heatmaps (Algorithm 1); the network does "
         "not run again. They apply to the results model; each model keeps its own."
     )
     with gr.Row():
-        ui.results_ref = gr.Radio(  # one click, no menu to open: switching models is what people compare with
-            [], value=None, label="Results model (overlay, curves, volumes, export)", elem_id="results-model", scale=3
+        ui.results_ref = gr.Radio(  # one click, no menu to open; every model, so that no choice goes stale
+            [(pool.infos[r].name, r) for r in pool.refs],
+            value=None,
+            label="Results model (overlay, curves, volumes, export, corrections)",
+            elem_id="results-model",
+            scale=3,
         )
         ui.reset_btn = gr.Button("Reset to calibrated", scale=1, elem_id="reset")
     ui.cls_sliders, ui.mask_sliders = _threshold_sliders()
@@ -392,7 +396,7 @@ def _layout(pool: ModelPool) -> SimpleNamespace:
             with gr.Column(scale=7):
                 _viewer_column(ui)
         _heatmap_section(ui)
-        _threshold_section(ui)
+        _threshold_section(ui, pool)
         _results_section(ui)
         _export_section(ui, pool)
     with gr.Tab("Teach", id="teach"):
@@ -514,7 +518,9 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
         btn.click(app.load_phantom, [btn, ui.state], [ui.state, ui.info], **private()).success(
             **after_load, **private()
         ).then(**mesh, **private())
-    ui.results_ref.input(app.pick_results_model, view_in, [*sliders, *view_all], **quiet, **private()).then(
+    ui.results_ref.input(
+        app.pick_results_model, view_in, [ui.results_ref, *sliders, *view_all], **quiet, **private()
+    ).then(
         **mesh, **private()
     )
     gr.on([s.release for s in sliders], **mesh, trigger_mode="always_last", **private())

@@ -92,6 +92,7 @@ class Session:
     truth_subtypes: bool = False
     truth_source: str = ""
     index: int = 0  # the slice the viewer shows
+    results_ref: str | None = None  # the model whose draft the viewer shows
     edits: Edits | None = None  # a person's corrections of the results model's draft (``ichdemo.edits``)
     fresh: str = ""
     _labels: dict[tuple[str, bool], tuple[Thresholds, np.ndarray]] = field(default_factory=dict, repr=False)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -64,9 +65,34 @@ def sweep_upload_stubs(age_s: float, root: str | Path | None = None) -> int:
     return removed
 
 
+VIEW_PICTURE = re.compile(r"[0-9a-f]{24}\.jpg")
+"""Names of the viewer's pictures (``Session.picture``: a content digest), as Gradio copies them into its cache."""
+
+
+def sweep_view_pictures(age_s: float, root: str | Path | None = None) -> int:
+    """Remove the viewer's pictures older than ``age_s`` (by ctime, as Gradio ages files) from Gradio's cache and
+    the folders they leave empty; returns how many were removed.
+
+    A picture handed to several sessions (the same slice drawn alike) is cached once under its digest and not
+    always in a file set that ``delete_files_created_by_app`` walks (a session's copy of a component keeps its
+    own), so without this sweep such copies outlive their sessions.
+    """
+    limit = time.time() - age_s
+    removed = 0
+    for path in Path(root or get_upload_folder()).glob("*/*.jpg"):
+        if not VIEW_PICTURE.fullmatch(path.name):
+            continue
+        with contextlib.suppress(FileNotFoundError, OSError):
+            if path.lstat().st_ctime <= limit:
+                path.unlink()
+                removed += 1
+                path.parent.rmdir()  # only when empty: OSError otherwise
+    return removed
+
+
 def tidy_cache(blocks: gr.Blocks, age: float) -> None:
-    """One pass of the cache clean-up: ``sweep_upload_stubs`` and the pass of Gradio's ``delete_cache``
-    (``delete_files_created_by_app``), for files older than ``age`` s.
+    """One pass of the cache clean-up: ``sweep_upload_stubs``, ``sweep_view_pictures`` and the pass of Gradio's
+    ``delete_cache`` (``delete_files_created_by_app``), for files older than ``age`` s.
 
     Gradio's own ``delete_cache`` is not used: it runs that pass in a worker thread on a task that ends for good at
     its first exception, and the pass iterates the set of uploaded files that every upload request adds to, so
@@ -74,6 +100,7 @@ def tidy_cache(blocks: gr.Blocks, age: float) -> None:
     6.31). Here such a pass is retried on the next one.
     """
     sweep_upload_stubs(age)
+    sweep_view_pictures(age)
     try:
         delete_files_created_by_app(blocks, age)
     except RuntimeError as err:  # an upload or a reply changed a file set under the pass

@@ -271,7 +271,7 @@ class App:
         keep = (gr.skip(),) * (3 + 10 + len(VIEW_ALL))
         if s.volume is None:
             if fresh:  # the upload box was emptied: clear the screen
-                yield (s, "No series loaded.", _slice_slider(None), gr.update(choices=[], value=None), gr.skip(),
+                yield (s, "No series loaded.", _slice_slider(None), gr.update(value=None), gr.skip(),
                        *[gr.skip()] * 10, *EMPTY_VIEW)
             else:
                 yield (s, "Load a series first: upload files or click an example.", *keep)
@@ -298,10 +298,9 @@ class App:
 
             s.analyze(self.pool, [ref], step, runner=self._runner)
             run = [r for r in refs if r in s.analyses]
-            choices = [(s.analyses[r].model, r) for r in run]
             left = len(todo) - n - 1
             msg = f"Ran {n + 1} of {len(todo)} model(s)" + (f"; {left} still running..." if left else ".")
-            picked = (gr.update(choices=choices, value=target), gr.skip())
+            picked = (gr.update(value=target), gr.skip())  # the choices are every model: none goes stale
             if n == 0:  # the heatmaps first (the drafts wait for the series' anatomy), and the model's thresholds
                 window, _, heat_opacity, native = view[:4]
                 maps = s.heatmap_strips(run, s.clamp_index(s.index), window, heat_opacity, native)
@@ -370,7 +369,7 @@ class App:
     def _view_all(self, s: Session, refs: Sequence[str], results_ref: str | None, index: Any, *view: Any,
                   strips: bool = True) -> tuple:
         run = [r for r in _refs(refs) if r in s.analyses]
-        ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
+        ref = s.results_ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
         return (*self._view_slice(s, run, ref, index, *view, strips=strips), *self._view_series(s, run, ref))
 
     @ui_errors
@@ -430,11 +429,15 @@ class App:
         """Another results model: its thresholds on the sliders and its drafts, curves and volumes, in one step."""
         s = _session(state)
         if s.volume is None:
-            return (*[gr.skip()] * 10, *EMPTY_VIEW)
+            return (gr.update(value=None), *[gr.skip()] * 10, *EMPTY_VIEW)
+        if results_ref not in s.analyses:  # a model not run on this series: say how, and keep showing the last one
+            name = self.pool.infos[results_ref].name if results_ref in self.pool.infos else results_ref
+            gr.Warning(f"{name} has not run on this series: tick it under 'Models to compare' and press Analyze.")
+            return (gr.update(value=s.results_ref), *[gr.skip()] * (10 + len(VIEW_ALL)))
         out = list(self._view_all(s, refs, results_ref, index, *view, strips=False))
         for name in ("agree", "agree_table"):  # the agreement of the chosen models does not depend on which is shown
             out[VIEW_ALL.index(name)] = gr.skip()
-        return (*self._slider_values(s, results_ref), *out)
+        return (gr.skip(), *self._slider_values(s, results_ref), *out)
 
     # ------------------------------------------------------------------ corrections
     @ui_errors

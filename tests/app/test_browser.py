@@ -168,6 +168,8 @@ def test_example_shows_the_truth_beside_the_draft_without_moving_the_page(page, 
     assert abs(after[0] - before[0]) < 2 and abs(after[1] - before[1]) < 2, (before, after)  # nothing moved
     assert "1 slice(s)" in page.inner_text("#series-info") and "two neighbours" in page.inner_text("#series-info")
     _shot(page, tmp_path, "7_truth")
+    toasts = [t.inner_text() for t in page.locator(".toast-body").all()]
+    assert not any("Error" in t for t in toasts), toasts  # clear, upload, example: no step tripped over another
 
 
 def test_phantom_button_and_teach_tab(page, tmp_path):

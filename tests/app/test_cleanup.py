@@ -43,6 +43,19 @@ def test_sweep_removes_only_old_empty_stubs(app_module, tmp_path):
     assert webui_cache.sweep_upload_stubs(60, tmp_path / "missing") == 0
 
 
+def test_sweep_removes_viewer_pictures_by_age(app_module, tmp_path):
+    """Cached copies of the viewer's pictures go by age (ctime, which cannot be set back: age 0 vs an hour)."""
+    picture = tmp_path / "a" / "0123456789abcdef01234567.jpg"
+    other = tmp_path / "b" / "ctich_080_18_IVH.jpg"  # an example slice: not the viewer's
+    for f in (picture, other):
+        f.parent.mkdir()
+        f.write_bytes(b"jpg")
+    assert webui_cache.sweep_view_pictures(3600, tmp_path) == 0  # young: kept
+    time.sleep(0.05)
+    assert webui_cache.sweep_view_pictures(0, tmp_path) == 1
+    assert not picture.parent.exists() and other.is_file()
+
+
 @pytest.fixture
 def short_cache_app(app_module, tmp_path):
     """The app with Gradio's cache schedule at (1 s, 1 s), served on 127.0.0.1."""
