@@ -130,7 +130,7 @@ class Edits:
         self.erase(index, regions == regions[row, col], draft)
         return True
 
-    def clear_slice(self, index: int, draft: np.ndarray) -> None:
+    def clear_slice(self, index: int) -> None:
         """Every pixel of slice ``index`` normal, as an edit (the draft's labels there are dropped)."""
         self._change(index, np.zeros(self.shape[1:], np.uint8), "edited")
 

@@ -100,7 +100,7 @@ class Session:
     _slices: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)  # the last grey slices drawn
     _folder: Path | None = field(default=None, repr=False)
     _drafts: list[Path] = field(default_factory=list, repr=False)  # export zips in the folder, oldest first
-    _pictures: list[Path] = field(default_factory=list, repr=False)  # viewer PNGs in the folder, oldest first
+    _pictures: list[Path] = field(default_factory=list, repr=False)  # viewer pictures in the folder, oldest first
 
     # ------------------------------------------------------------------ files
     @property
@@ -265,6 +265,11 @@ class Session:
         lab = self.labels(ref)
         return self.edits.apply(lab) if self.edits is not None and self.edits.slices else lab
 
+    def shown_slice(self, ref: str, index: int) -> np.ndarray:
+        """(H, W) labels of slice ``index`` of the draft as shown: a person's edit of it, else the model's."""
+        lab = self.labels(ref)
+        return self.edits.current(index, lab) if self.edits is not None else lab[index]
+
     def edit(self, ref: str, action: str, index: int, subtype: str = "", mask: np.ndarray | None = None,
              row: int = -1, col: int = -1) -> int:
         """A person's correction of ``ref``'s draft (the one shown: refined or raw), kept on disk in the session
@@ -278,16 +283,15 @@ class Session:
         vol = self.require_volume()
         draft = self.labels(ref)
         ed = self.edits if self.edits is not None else Edits(tuple(vol.shape))
-        i = self.clamp_index(index) if action not in ("undo", "redo") else -1
-        needs_mask = action in ("paint", "erase", "fill")
-        if needs_mask and mask is None:
+        i = self.clamp_index(index)
+        if action in ("paint", "erase", "fill") and mask is None:
             raise UnsupportedInputError(f"{action} needs a mask image of the slice's size")
         steps = {
             "paint": lambda: ed.paint(i, mask, subtype, draft),
             "erase": lambda: ed.erase(i, mask, draft),
             "fill": lambda: ed.fill(i, mask, subtype, draft),
             "remove": lambda: ed.remove_region(i, int(row), int(col), draft),
-            "clear": lambda: ed.clear_slice(i, draft),
+            "clear": lambda: ed.clear_slice(i),
             "accept": lambda: ed.accept(i),
             "no-hemorrhage": lambda: ed.no_hemorrhage(i),
             "revert": lambda: ed.revert(i),
@@ -296,10 +300,12 @@ class Session:
         }
         if action not in steps:
             raise UnsupportedInputError(f"unknown edit {action!r}; choose one of {', '.join(steps)}")
-        out = steps[action]()
+        out = steps[action]()  # undo/redo: the slice they changed or None; remove: False where nothing was there
         self.edits = ed
         ed.save(self.folder / "edits")
-        return out if action in ("undo", "redo") and out is not None else (i if out is not False else -1)
+        if action in ("undo", "redo"):
+            return -1 if out is None else out
+        return -1 if out is False else i
 
     # ------------------------------------------------------------------ views
     def base_rgb(self, index: int, window: str = "paper") -> np.ndarray:
@@ -321,9 +327,8 @@ class Session:
         base = self.base_rgb(i, window)
         if not ref or ref not in self.analyses:
             return base
-        if refined is None and self.edits is not None:  # the draft as shown: a person's edits in place
-            return viz.label_overlay(base, self.edits.current(i, self.labels(ref)), opacity)
-        return viz.label_overlay(base, self.labels(ref, refined)[i], opacity)
+        shown = self.shown_slice(ref, i) if refined is None else self.labels(ref, refined)[i]
+        return viz.label_overlay(base, shown, opacity)
 
     def truth_view(self, ref: str | None, index: int, window: str = "paper", opacity: float = 0.45):
         """(picture of the known truth on the slice, any-hemorrhage Dice of ``ref``'s draft against it on this
@@ -334,9 +339,7 @@ class Session:
         pic = viz.truth_overlay(self.base_rgb(i, window), self.truth[i], self.truth_subtypes, opacity)
         if not ref or ref not in self.analyses:
             return pic, None
-        labs = self.labels(ref)
-        shown = self.edits.current(i, labs) if self.edits is not None else labs[i]
-        d = binary_dice(shown, self.truth[i], empty=np.nan)
+        d = binary_dice(self.shown_slice(ref, i), self.truth[i], empty=np.nan)
         return pic, None if np.isnan(d) else d
 
     def heatmap_strips(
@@ -414,10 +417,10 @@ class Session:
         """Curves, volume table and legend of a model under its current thresholds."""
         a = self.require_analysis(ref)
         vol = self.require_volume()
-        lab = self.shown_labels(ref)
         t = self.thresholds.get(ref, a.thresholds)
 
         def compute() -> tuple:
+            lab = self.shown_labels(ref)  # a copy of the series where slices were edited: only on a cache miss
             ml, abc = volumes_ml(lab, vol.spacing), abc2_ml(lab, vol.spacing)
             head = a.anatomy.intracranial_ml if a.anatomy is not None else None
             warnings = implausible_volumes(ml, head, vol.spacing_assumed)
@@ -437,15 +440,6 @@ class Session:
         lab = self.shown_labels(ref)
         head = vol.data > (20 if vol.prewindowed else -300)
         return viz.mesh_figure(lab, vol.spacing, head=head)
-
-    def report(self, ref: str) -> dict:
-        """The JSON report of a model under its current thresholds (``Analysis.report``)."""
-        a = self.require_analysis(ref)
-        t = self.thresholds.get(ref, a.thresholds)
-        rep = a.report(self.shown_labels(ref), t, self.require_volume(), self.refined)
-        if self.edits is not None:
-            rep["review"] = self.edits.summary()
-        return rep
 
     # ------------------------------------------------------------------ export
     def export(self, ref: str, formats: Sequence[str] = ()) -> tuple[Path, dict[str, str]]:

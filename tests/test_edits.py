@@ -67,7 +67,7 @@ def test_review_states_and_the_next_unreviewed_slice(draft):
     assert ed.status_of(1) == "reviewed" and np.array_equal(ed.apply(draft), draft)  # accepted as drafted
     ed.no_hemorrhage(1)
     assert ed.status_of(1) == "no-hemorrhage" and not ed.apply(draft)[1].any()
-    ed.clear_slice(2, draft)
+    ed.clear_slice(2)
     assert ed.status_of(2) == "edited" and not ed.apply(draft)[2].any()
     assert ed.next_unreviewed() == 0 and ed.next_unreviewed(0) == 3 and ed.next_unreviewed(3) == 0
     ed.revert(1)

@@ -142,6 +142,19 @@ NO_TRUTH = {"__type__": "update", "value": None, "visible": False}
 EMPTY_VIEW = (None, None, [], None, NO_TRUTH, legend_html(), None, [], [])
 
 
+def _strips(s: Session, run: list[str], i: int, window: str, heat_opacity: float, native: bool) -> list:
+    """The gallery's value: each model's heatmap strip of slice ``i`` as a picture file, with its caption."""
+    return [(s.picture(rgb), cap) for rgb, cap in s.heatmap_strips(run, i, window, heat_opacity, native)]
+
+
+def _shown(s: Session, refs: Sequence[str], results_ref: str | None) -> tuple[list[str], str | None]:
+    """(the chosen models run on the series, the results model shown: the chosen one, else the first run), the
+    latter kept as the session's."""
+    run = [r for r in _refs(refs) if r in s.analyses]
+    s.results_ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
+    return run, s.results_ref
+
+
 def _slice_slider(volume: Any) -> dict:
     n = 0 if volume is None else volume.shape[0]
     return gr.update(minimum=0, maximum=max(n - 1, 1), value=n // 2, interactive=n > 1,
@@ -210,11 +223,10 @@ class App:
         if not paths:  # the box emptied: by its clear button (``clear_series``) or by the app for an example
             return s, gr.skip()
         given = {fingerprint(p): p for p in paths}
-        if given.keys() == s.uploaded.keys():  # the box echoing the series' files (Gradio re-caches them elsewhere)
-            return s, info_markdown(s.volume)
         new = {k: p for k, p in given.items() if k not in s.uploaded and k not in s.refused}
         if not new and given.keys() <= s.uploaded.keys() | s.refused:
-            return s, info_markdown(s.volume)  # nothing but the series and refused files: the refusal was said
+            # the box echoing the series' files (Gradio re-caches them elsewhere), beside refused ones (said already)
+            return s, info_markdown(s.volume)
         chosen = given if add or not new else new  # no new file: some were removed from the box
         try:
             s.load_files(list(chosen.values()), image_window=image_window or None, spacing=parse_spacing(spacing))
@@ -303,10 +315,9 @@ class App:
             picked = (gr.update(value=target), gr.skip())  # the choices are every model: none goes stale
             if n == 0:  # the heatmaps first (the drafts wait for the series' anatomy), and the model's thresholds
                 window, _, heat_opacity, native = view[:4]
-                maps = s.heatmap_strips(run, s.clamp_index(s.index), window, heat_opacity, native)
+                maps = _strips(s, run, s.clamp_index(s.index), window, heat_opacity, native)
                 yield (s, f"Ran 1 of {len(todo)} model(s); drawing its drafts...", gr.skip(), *picked,
-                       *self._slider_values(s, target), None, None, [(s.picture(m), c) for m, c in maps],
-                       *[gr.skip()] * (len(VIEW_ALL) - 3))
+                       *self._slider_values(s, target), None, None, maps, *[gr.skip()] * (len(VIEW_ALL) - 3))
             yield (s, msg, gr.skip(), *picked, *self._slider_values(s, target),  # the thresholds in force
                    *self._view_all(s, run, target, s.index, *view))
 
@@ -342,9 +353,7 @@ class App:
         i = s.index = s.clamp_index(index)
         overlay = s.picture(s.overlay(ref, i, window, mask_opacity))
         raw = s.picture(s.overlay(ref, i, window, mask_opacity, refined=False)) if ref and s.refined else None
-        maps = gr.skip()
-        if strips:
-            maps = [(s.picture(rgb), cap) for rgb, cap in s.heatmap_strips(run, i, window, heat_opacity, native)]
+        maps = _strips(s, run, i, window, heat_opacity, native) if strips else gr.skip()
         agree, _ = s.agreement(run, i, window)
         return overlay, raw, maps, s.picture(agree), self._truth(s, ref, i, window, mask_opacity)
 
@@ -368,8 +377,7 @@ class App:
 
     def _view_all(self, s: Session, refs: Sequence[str], results_ref: str | None, index: Any, *view: Any,
                   strips: bool = True) -> tuple:
-        run = [r for r in _refs(refs) if r in s.analyses]
-        ref = s.results_ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
+        run, ref = _shown(s, refs, results_ref)
         return (*self._view_slice(s, run, ref, index, *view, strips=strips), *self._view_series(s, run, ref))
 
     @ui_errors
@@ -379,8 +387,7 @@ class App:
         s = _session(state)
         if s.volume is None:
             return EMPTY_VIEW[: len(VIEW_SLICE)]
-        run = [r for r in _refs(refs) if r in s.analyses]
-        ref = results_ref if results_ref in s.analyses else (run[0] if run else None)
+        run, ref = _shown(s, refs, results_ref)
         return self._view_slice(s, run, ref, index, window, mask_opacity, heat_opacity, native, refine)
 
     @ui_errors
