@@ -474,11 +474,12 @@ class App:
             raise gr.Error("Analyze a series first: corrections apply to the results model's draft.",
                            print_exception=False)
         pixels = _mask_image(mask) if _refs(mask) else None
-        i = s.edit(results_ref, str(action or "").strip(), index, subtype or "", pixels, int(row or -1),
-                   int(col or -1))
-        shown = i if i >= 0 else s.clamp_index(index)
+        row, col = (-1 if v is None else int(v) for v in (row, col))  # row 0 is a row, not "none"
+        i = s.edit(results_ref, str(action or "").strip(), index, subtype or "", pixels, row, col)
+        here = s.clamp_index(index)
+        shown = i if i >= 0 else here
         view = self._view_all(s, refs, results_ref, shown, window, mask_opacity, heat_opacity, native, refine,
-                              strips=False)
+                              strips=shown != here)  # undo/redo may go to another slice: its heatmaps then
         return (s, gr.update(value=shown), *view)
 
     # ------------------------------------------------------------------ export, teach, API

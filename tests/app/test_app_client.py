@@ -249,7 +249,8 @@ def test_corrections_through_the_edit_endpoint_reach_the_export(client, phantom_
     out = edit(2, "paint", "SDH", png)
     assert "Reviewed 1 of 8 slices" in out[6]  # the legend
     edit(3, "clear")
-    edit(3, "undo")
+    jumped = edit(0, "undo")  # from slice 0: the undo goes to slice 3, and the view with it, heatmaps included
+    assert jumped[0]["value"] == 3 and len(jumped[3]) == 1 and "lse_tiny" in jumped[3][0]["caption"]
     edit(5, "no-hemorrhage")
     zpath, _ = client.predict(lse, ["nifti"], api_name="/session_export")
     with zipfile.ZipFile(zpath) as zf:
