@@ -31,12 +31,16 @@ from ichdemo.examples import PHANTOM_EXAMPLES, PhantomExamples
 from ichdemo.export.draft import available_formats
 from ichdemo.io.window import PRESETS as IMAGE_WINDOWS
 from ichdemo.quantify import PAPER_MASK_THRESHOLDS
+from ichdemo.review import ReviewStore
 from ichdemo.viz import VOLUME_HEADERS
 from webui.cache import DEFAULT_SCHEDULE, cache_schedule, server_lifespan
-from webui.callbacks import VIEW_ALL, VIEW_SLICE, App, _drop_state, _end_session
+from webui.callbacks import STROKE_MODES, VIEW_ALL, VIEW_SLICE, App, _drop_state, _end_session
 from webui.text import (
     CSS,
     NOTICE_HTML,
+    SHORTCUTS_HELP,
+    SHORTCUTS_JS,
+    STROKE_COLOUR,
     agreement_legend_html,
     legend_html,
     quality_markdown,
@@ -48,6 +52,7 @@ ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"
 CONCURRENCY = int(os.environ.get("ICHDEMO_CONCURRENCY", "2"))
 MAX_FILE_SIZE = os.environ.get("ICHDEMO_MAX_FILE_SIZE", "1gb")
+REVIEW_STORAGE_KEY = "ichdemo-review"  # localStorage key of the browser's review key (``ichdemo.review``)
 SESSION_TTL_S = 4 * 3600  # a session's arrays and temp folder go at the latest this long after its last change
 
 
@@ -212,7 +217,8 @@ def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
 def _picture(label: str, elem_id: str, buttons: Sequence[str] = ("fullscreen",), visible: bool = True) -> gr.Image:
     """A slice picture of the viewer (a file the session writes, read-only)."""
     return gr.Image(
-        label=label, interactive=False, height=380, elem_id=elem_id, buttons=list(buttons), visible=visible
+        label=label, interactive=False, height=380, elem_id=elem_id, buttons=list(buttons), visible=visible,
+        type="filepath",
     )
 
 
@@ -241,15 +247,7 @@ def _viewer_column(ui: SimpleNamespace) -> None:
         ui.truth = _picture("Known truth", "truth", visible=False)  # examples with a known truth only
     ui.legend = gr.HTML(legend_html(), elem_id="legend")
     gr.HTML(agreement_legend_html())
-    with gr.Row():
-        ui.edit_subtype = gr.Dropdown(list(CLASSES), value="IPH", label="Subtype to paint", scale=1,
-                                      elem_id="edit-subtype")
-        ui.edit_buttons = {
-            action: gr.Button(text, size="sm", elem_id=f"edit-{action}", min_width=80)
-            for action, text in [("accept", "Accept slice"), ("no-hemorrhage", "No hemorrhage"),
-                                 ("clear", "Clear slice"), ("revert", "Back to draft"), ("undo", "Undo"),
-                                 ("redo", "Redo")]
-        }
+    _corrections(ui)
     with gr.Row(visible=False):  # the /edit endpoint's inputs for scripts (the buttons above use the same step)
         ui.edit_action = gr.Textbox("accept", label="action")
         ui.edit_mask = gr.File(label="mask image")
@@ -259,6 +257,37 @@ def _viewer_column(ui: SimpleNamespace) -> None:
     with gr.Row():
         ui.mask_opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Mask opacity")
         ui.heat_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
+
+
+def _corrections(ui: SimpleNamespace) -> None:
+    """The annotator's tools: a brush on the slice, the review buttons and the navigation (keys: SHORTCUTS)."""
+    with gr.Accordion("Correct the draft: brush, eraser, review", open=True, elem_id="corrections"):
+        with gr.Row():
+            ui.edit_mode = gr.Radio(list(STROKE_MODES), value="Paint", label="Brush mode", elem_id="edit-mode", scale=3)
+            ui.edit_subtype = gr.Radio(list(CLASSES), value="IPH", label="Subtype to paint", elem_id="edit-subtype",
+                                       scale=2)
+            ui.edit_apply = gr.Button("Apply strokes", variant="primary", elem_id="edit-apply", scale=1)
+        ui.editor = gr.ImageEditor(
+            label="Draw on the slice (the draft under it), then apply; the brush menu sets its size, its eraser "
+            "rubs out strokes not yet applied",
+            type="numpy", sources=(), transforms=(), layers=False, height=520, buttons=[], elem_id="editor",
+            brush=gr.Brush(colors=[STROKE_COLOUR], color_mode="fixed", default_size=6),
+            eraser=gr.Eraser(default_size=10),
+        )
+        with gr.Row():
+            ui.nav_buttons = {
+                where: gr.Button(text, size="sm", elem_id=f"nav-{where}", min_width=80)
+                for where, text in [("previous", "< Previous"), ("next", "Next >"), ("unreviewed", "Next unreviewed")]
+            }
+            ui.toggle_overlay = gr.Button("Overlay on/off", size="sm", elem_id="toggle-overlay", min_width=80)
+        with gr.Row():
+            ui.edit_buttons = {
+                action: gr.Button(text, size="sm", elem_id=f"edit-{action}", min_width=80)
+                for action, text in [("accept", "Accept slice"), ("no-hemorrhage", "No hemorrhage"),
+                                     ("clear", "Clear slice"), ("revert", "Back to draft"), ("undo", "Undo"),
+                                     ("redo", "Redo")]
+            }
+        gr.Markdown(SHORTCUTS_HELP, elem_id="shortcuts")
 
 
 def _heatmap_section(ui: SimpleNamespace) -> None:
@@ -409,7 +438,16 @@ def _layout(pool: ModelPool) -> SimpleNamespace:
     return ui
 
 
-def _wire(ui: SimpleNamespace, app: App) -> None:
+def _editor_value(picture: str | None) -> dict | None:
+    """The brush editor on the Draft picture, strokes cleared."""
+    return {"background": picture, "layers": [], "composite": None} if picture else None
+
+
+def _toggle(opacity: float) -> float:
+    return 0.0 if opacity and opacity > 0 else 0.45
+
+
+def _wire(ui: SimpleNamespace, app: App, demo: gr.Blocks) -> None:
     """Events. Public endpoints (api_name) first so that they keep their plain names; chained steps are private."""
     sliders = ui.cls_sliders + ui.mask_sliders
     view_in = [
@@ -462,6 +500,17 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
     ui.edit_btn.click(app.edit, [*view_in, ui.edit_action, *edit_in], edit_out, api_name="edit", **quiet)
     for action, btn in ui.edit_buttons.items():
         btn.click(app.edit, [*view_in, gr.State(action), *edit_in], edit_out, **quiet, **private())
+    editor = {"fn": _editor_value, "inputs": ui.overlay, "outputs": ui.editor}
+    ui.edit_apply.click(
+        app.edit_strokes, [*view_in, ui.edit_mode, ui.edit_subtype, ui.editor], edit_out, **quiet, **private()
+    ).then(**editor, **quiet, **private())  # the strokes go once applied (the picture may not have changed)
+    ui.overlay.select(app.click_draft, [*view_in, ui.edit_mode], edit_out, **quiet, **private())
+    ui.overlay.change(**editor, **quiet, **private())
+    for where, btn in ui.nav_buttons.items():
+        btn.click(app.step, [*view_in, gr.State(where)], [ui.index, *view_slice], **quiet, **private())
+    ui.toggle_overlay.click(_toggle, ui.mask_opacity, ui.mask_opacity, **quiet, **private()).then(
+        app.render, view_in, view_slice, **quiet, **private()
+    )
     ui.update3d.click(
         app.render_3d, [ui.state, ui.results_ref], ui.plot3d, api_name="view_3d", api_visibility="undocumented"
     )
@@ -524,6 +573,10 @@ def _wire(ui: SimpleNamespace, app: App) -> None:
         **mesh, **private()
     )
     gr.on([s.release for s in sliders], **mesh, trigger_mode="always_last", **private())
+    # a reload (or a visit after a restart) reopens this browser's review in progress
+    demo.load(app.restore, [ui.browser_key, ui.state], [ui.browser_key, ui.state, ui.info], **private()).success(
+        **after_load, **private()
+    ).then(**mesh, **private())
 
 
 def _private_names() -> Callable[[], dict[str, str]]:
@@ -536,13 +589,16 @@ def build_demo(
     pool: ModelPool | None = None,
     phantoms: PhantomExamples | None = None,
     delete_cache: tuple[int, int] = DELETE_CACHE,
+    reviews: ReviewStore | None = None,
 ) -> gr.Blocks:
     """The Blocks of the app for a model pool (default: the configured models) and the phantom examples;
     ``delete_cache`` is the (frequency, age) schedule for Gradio's cached files (``ICHDEMO_DELETE_CACHE``), run by
     the app's server lifespan (``launch_options``) rather than by Gradio: see ``tidy_cache``."""
-    app = App(pool or ModelPool(), phantoms, EXAMPLES_DIR / "ctich")
+    app = App(pool or ModelPool(), phantoms, EXAMPLES_DIR / "ctich", reviews)
     with gr.Blocks(title="ichdemo: ICH localisation and quantification") as demo:
-        _wire(_layout(app.pool), app)
+        ui = _layout(app.pool)
+        ui.browser_key = gr.BrowserState("", storage_key=REVIEW_STORAGE_KEY, secret=app.reviews.secret())
+        _wire(ui, app, demo)
         demo.unload(_end_session)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     demo.ichdemo_app = app  # for tests and embedding
@@ -556,6 +612,7 @@ def launch_options(max_file_size: str | int | None = MAX_FILE_SIZE) -> dict[str,
     return {
         "theme": gr.themes.Soft(primary_hue="orange", secondary_hue="slate"),
         "css": CSS,
+        "head": SHORTCUTS_JS,
         "max_file_size": max_file_size,
         "allowed_paths": [str(EXAMPLES_DIR)],
         "footer_links": ["api", "settings"],

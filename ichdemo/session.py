@@ -39,6 +39,7 @@ from ichdemo.export.images import safe_name
 from ichdemo.metrics import binary_dice
 from ichdemo.pipeline import implausible_volumes, maps_on_grid
 from ichdemo.quantify import Thresholds, abc2_ml, volumes_ml
+from ichdemo.review import ReviewStore
 from ichdemo.transforms import ResizeSpec
 from ichdemo.volume import Volume
 
@@ -94,6 +95,9 @@ class Session:
     index: int = 0  # the slice the viewer shows
     results_ref: str | None = None  # the model whose draft the viewer shows
     edits: Edits | None = None  # a person's corrections of the results model's draft (``ichdemo.edits``)
+    review: tuple[ReviewStore, str] | None = None  # where this browser's review is kept (``ichdemo.review``)
+    source: dict[str, Any] = field(default_factory=dict)  # how the series was read, for ``ReviewStore.save``
+    source_files: list[str] = field(default_factory=list)  # the files it was read from
     fresh: str = ""
     _labels: dict[tuple[str, bool], tuple[Thresholds, np.ndarray]] = field(default_factory=dict, repr=False)
     _memo: dict[tuple, Any] = field(default_factory=dict, repr=False)  # series-wide numbers per thresholds
@@ -120,6 +124,7 @@ class Session:
         self._pictures.clear()
         self.uploaded = {}
         self.truth = self.edits = None
+        self.source, self.source_files = {}, []
         self.volume = None
         self.analyses.clear()
         self.thresholds.clear()
@@ -302,10 +307,27 @@ class Session:
             raise UnsupportedInputError(f"unknown edit {action!r}; choose one of {', '.join(steps)}")
         out = steps[action]()  # undo/redo: the slice they changed or None; remove: False where nothing was there
         self.edits = ed
-        ed.save(self.folder / "edits")
+        self._keep(ed, i)
         if action in ("undo", "redo"):
             return -1 if out is None else out
         return -1 if out is False else i
+
+    def _keep(self, ed: Edits, index: int) -> None:
+        """Save the edits: to the browser's review (``ichdemo.review``) when the app gave one, else to the session
+        folder. A review that cannot be written (the uploaded files already swept away) keeps them in the folder."""
+        if self.review is not None:
+            store, key = self.review
+            try:
+                store.save(key, {**self.source, "index": index, "results_ref": self.results_ref}, self.source_files, ed)
+                return
+            except OSError as err:
+                log.warning("review not kept across reloads: %s", err)
+        ed.save(self.folder / "edits")
+
+    def forget_review(self) -> None:
+        """Drop this browser's kept review (a new series or a cleared one replaces it)."""
+        if self.review is not None:
+            self.review[0].drop(self.review[1])
 
     # ------------------------------------------------------------------ views
     def base_rgb(self, index: int, window: str = "paper") -> np.ndarray:

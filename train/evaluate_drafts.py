@@ -236,11 +236,12 @@ def markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines + ["", DRAFTS_END]) + "\n"
 
 
-def replace_section(text: str, section: str) -> str:
-    """``text`` with its drafts section replaced by ``section`` (appended when it has none)."""
-    if DRAFTS_BEGIN in text and DRAFTS_END in text:
-        head, rest = text.split(DRAFTS_BEGIN, 1)
-        return head + section + rest.split(DRAFTS_END, 1)[1].lstrip("\n")
+def replace_section(text: str, section: str, begin: str = DRAFTS_BEGIN, end: str = DRAFTS_END) -> str:
+    """``text`` with its section between the markers ``begin`` and ``end`` replaced by ``section`` (appended when it
+    has none)."""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        return head + section + rest.split(end, 1)[1].lstrip("\n")
     return text.rstrip("\n") + "\n\n" + section
 
 

@@ -27,6 +27,7 @@ from ichdemo.errors import IchdemoError, brief
 from ichdemo.examples import PHANTOM_EXAMPLES, PhantomExamples, fingerprint, image_truth
 from ichdemo.io import parse_spacing
 from ichdemo.quantify import parse_thresholds
+from ichdemo.review import ReviewStore, new_key
 from ichdemo.session import Session
 from ichdemo.teach import explain_slice
 from webui.text import info_markdown, legend_html, review_html, warnings_html
@@ -128,6 +129,27 @@ def _mask_image(upload: Any) -> Any:
     return (img if img.ndim == 2 else img[..., :3].max(axis=2)) > 0
 
 
+STROKE_MODES = {"Paint": "paint", "Erase": "erase", "Fill outline": "fill", "Remove a region (click it)": "remove"}
+"""The brush's modes (the editor's radio) -> ``Session.edit`` actions."""
+
+
+def _strokes(editor: Any, shape: tuple[int, int]) -> Any:
+    """(H, W) bool of what was drawn on the ImageEditor (its layers' opaque pixels), on the slice grid; None when
+    nothing was drawn."""
+    import cv2
+    import numpy as np
+
+    layers = [np.asarray(x) for x in (editor or {}).get("layers") or [] if x is not None]
+    drawn = [x[..., 3] > 0 if x.ndim == 3 and x.shape[2] == 4 else np.asarray(x).reshape(x.shape[:2] + (-1,)).any(2)
+             for x in layers]
+    if not drawn or not any(d.any() for d in drawn):
+        return None
+    mask = np.logical_or.reduce(drawn).astype(np.uint8)
+    if mask.shape != tuple(shape):  # the editor's canvas is the Draft picture's size: the slice's; else resample
+        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return mask > 0
+
+
 def _refs(choice: Sequence[str] | str | None) -> list[str]:
     if not choice:
         return []
@@ -155,9 +177,9 @@ def _shown(s: Session, refs: Sequence[str], results_ref: str | None) -> tuple[li
     return run, s.results_ref
 
 
-def _slice_slider(volume: Any) -> dict:
+def _slice_slider(volume: Any, value: int | None = None) -> dict:
     n = 0 if volume is None else volume.shape[0]
-    return gr.update(minimum=0, maximum=max(n - 1, 1), value=n // 2, interactive=n > 1,
+    return gr.update(minimum=0, maximum=max(n - 1, 1), value=n // 2 if value is None else value, interactive=n > 1,
                      label=f"Slice (0..{n - 1})" if n else "Slice")
 
 
@@ -166,9 +188,14 @@ class App:
     """The callbacks, bound to one ``ModelPool`` and the phantom examples; each returns plain values or updates."""
 
     def __init__(
-        self, pool: ModelPool, phantoms: PhantomExamples | None = None, examples: str | Path | None = None
+        self,
+        pool: ModelPool,
+        phantoms: PhantomExamples | None = None,
+        examples: str | Path | None = None,
+        reviews: ReviewStore | None = None,
     ) -> None:
-        """``examples``: the folder of example images whose ``truth/`` masks are shown beside their drafts."""
+        """``examples``: the folder of example images whose ``truth/`` masks are shown beside their drafts;
+        ``reviews``: where each browser's review in progress is kept (default ``ReviewStore()``)."""
         self.pool = pool
         self.examples = Path(examples) if examples else None
         if phantoms is None:
@@ -178,6 +205,7 @@ class App:
         self._gpu_run = _gpu(self._network)
         self.scratch = ScratchFolders(max_age_s=600)
         atexit.register(self.scratch.cleanup)
+        self.reviews = reviews or ReviewStore()
 
     def warm(self) -> threading.Thread:
         """Start-up, in a background thread: write the phantom examples, load the default models and run each once
@@ -237,6 +265,9 @@ class App:
             s.truth = image_truth(list(chosen.values()), s.volume, self.examples)
             s.truth_subtypes, s.truth_source = False, "expert mask (CT-ICH)"
         s.uploaded, s.fresh = chosen, ("loaded" if chosen == given else "replaced")
+        s.forget_review()  # a new series: the review of the old one goes (its export is the way to keep it)
+        s.source = {"series": ",".join(sorted(chosen)), "image_window": image_window or "", "spacing": spacing or ""}
+        s.source_files = list(chosen.values())
         return s, info_markdown(s.volume)
 
     @ui_errors
@@ -246,6 +277,7 @@ class App:
         s = _session(state, request)
         if _refs(files) or s.volume is None:
             return s, gr.skip()
+        s.forget_review()
         s.cleanup()
         s.fresh = "cleared"
         return s, info_markdown(None)
@@ -254,10 +286,47 @@ class App:
     def load_phantom(self, name: str, state: Session | None, request: gr.Request) -> tuple:
         """A synthetic example series (written once per process, loaded like an upload)."""
         s = _session(state, request)
-        s.load_files(self.phantoms.files(name))
+        s.forget_review()
+        self._phantom(s, name)
         s.uploaded, s.fresh = {}, "replaced"  # the upload box is emptied of an earlier upload
-        s.truth, s.truth_subtypes, s.truth_source = self.phantoms.truth_labels(name, s.volume), True, "phantom"
         return s, info_markdown(s.volume)
+
+    def _phantom(self, s: Session, name: str) -> None:
+        s.load_files(self.phantoms.files(name))
+        s.truth, s.truth_subtypes, s.truth_source = self.phantoms.truth_labels(name, s.volume), True, "phantom"
+        s.source, s.source_files = {"series": f"phantom:{name}", "phantom": name}, []
+
+    @ui_errors
+    def restore(self, key: Any, state: Session | None, request: gr.Request) -> tuple:
+        """Page load: give the browser its review key (a new one the first time) and, where it has a review in
+        progress (``ichdemo.review``: a reload, or a visit after a server restart), load that series with its edits;
+        the analysis that follows draws it. Returns (key, state, series info)."""
+        s = _session(state, request)
+        try:
+            self.reviews.folder(key)
+        except ValueError:
+            key = new_key()
+        s.review = (self.reviews, key)
+        found = self.reviews.load(key)
+        if found is None or s.volume is not None:
+            return key, s, gr.skip()
+        source, files = found
+        try:
+            if source.get("phantom"):
+                self._phantom(s, source["phantom"])
+            else:
+                s.load_files([str(f) for f in files], image_window=source.get("image_window") or None,
+                             spacing=parse_spacing(source.get("spacing") or ""))
+            s.edits = self.reviews.edits(key, s.volume.shape)
+        except (IchdemoError, OSError, ValueError) as err:
+            self.reviews.drop(key)
+            s.cleanup()
+            return key, s, f"Your review in progress could not be reopened ({brief(err)}); it was dropped."
+        s.source, s.source_files = source, [str(f) for f in files]
+        s.index, s.results_ref, s.fresh = int(source.get("index", 0)), source.get("results_ref"), "restored"
+        note = (f"\n\n**Your review in progress was reopened**: {s.edits.reviewed()} of {s.volume.shape[0]} "
+                "slices reviewed. Clearing the series (or loading another) drops it.")
+        return key, s, info_markdown(s.volume) + note
 
     # ------------------------------------------------------------------ network
     @ui_errors
@@ -290,10 +359,10 @@ class App:
             return
         if fresh:
             box = gr.update(value=list(s.uploaded.values()) or None) if fresh == "replaced" else gr.skip()
-            s.index = s.volume.shape[0] // 2
-            yield (s, "Series loaded; analysing...", _slice_slider(s.volume), gr.update(value=None), box,
+            s.index = s.clamp_index(s.index) if fresh == "restored" else s.volume.shape[0] // 2
+            yield (s, "Series loaded; analysing...", _slice_slider(s.volume, s.index), gr.update(value=None), box,
                    *[gr.skip()] * 10, *EMPTY_VIEW)
-            results_ref = None
+            results_ref = s.results_ref if fresh == "restored" else None
         if not refs:
             msg = NO_MODEL_HELP if not self.pool.refs else "Choose at least one model to analyze."
             yield (s, f"**{msg}**", *keep)
@@ -469,18 +538,72 @@ class App:
         ``action`` paint / erase / fill (``mask``: an image of the slice's size, non-zero = the pixels; paint and
         fill take ``subtype``), remove (the region under ``row``, ``col``), clear, accept, no-hemorrhage, revert,
         or undo / redo. Returns (state, slice slider, *ALL view outputs); volumes and review progress follow."""
-        s = _session(state)
+        pixels = _mask_image(mask) if _refs(mask) else None
+        row, col = (-1 if v is None else int(v) for v in (row, col))  # row 0 is a row, not "none"
+        view = (window, mask_opacity, heat_opacity, native, refine)
+        return self._edit(_session(state), refs, results_ref, index, view, str(action or "").strip(), subtype or "",
+                          pixels, row, col)
+
+    def _edit(self, s: Session, refs: Sequence[str], results_ref: str | None, index: Any, view: tuple, action: str,
+              subtype: str, pixels: Any = None, row: int = -1, col: int = -1) -> tuple:
         if not results_ref or results_ref not in s.analyses:
             raise gr.Error("Analyze a series first: corrections apply to the results model's draft.",
                            print_exception=False)
-        pixels = _mask_image(mask) if _refs(mask) else None
-        row, col = (-1 if v is None else int(v) for v in (row, col))  # row 0 is a row, not "none"
-        i = s.edit(results_ref, str(action or "").strip(), index, subtype or "", pixels, row, col)
+        i = s.edit(results_ref, action, index, subtype, pixels, row, col)
         here = s.clamp_index(index)
         shown = i if i >= 0 else here
-        view = self._view_all(s, refs, results_ref, shown, window, mask_opacity, heat_opacity, native, refine,
-                              strips=shown != here)  # undo/redo may go to another slice: its heatmaps then
-        return (s, gr.update(value=shown), *view)
+        out = self._view_all(s, refs, results_ref, shown, *view, strips=shown != here)  # undo/redo: maybe elsewhere
+        return (s, gr.update(value=shown), *out)
+
+    @ui_errors
+    def edit_strokes(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float,
+                     window: str, mask_opacity: float, heat_opacity: float, native: bool, refine: bool, mode: str,
+                     subtype: str, editor: Any) -> tuple:
+        """The brush: what was drawn on the editor (every layer's opaque pixels) painted as ``subtype``, erased, or
+        filled as a closed outline, per ``mode`` (``STROKE_MODES``). Returns what ``edit`` returns."""
+        s = _session(state)
+        vol = s.require_volume()
+        strokes = _strokes(editor, vol.shape[1:])
+        if strokes is None:
+            raise gr.Error("Draw on the slice in the editor first (brush), then apply.", print_exception=False)
+        action = STROKE_MODES.get(mode, "paint")
+        if action == "remove":
+            raise gr.Error("Remove a region: click it on the Draft picture (no strokes needed).", print_exception=False)
+        return self._edit(s, refs, results_ref, index, (window, mask_opacity, heat_opacity, native, refine), action,
+                          subtype, strokes)
+
+    @ui_errors
+    def click_draft(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float,
+                    window: str, mask_opacity: float, heat_opacity: float, native: bool, refine: bool, mode: str,
+                    evt: gr.SelectData) -> tuple:
+        """A click on the Draft picture in the mode "remove a region": the connected region under it is erased."""
+        s = _session(state)
+        if STROKE_MODES.get(mode) != "remove" or s.volume is None:
+            return (s, gr.skip(), *[gr.skip()] * len(VIEW_ALL))
+        col, row = (int(v) for v in evt.index[:2])  # Gradio gives (x, y) in the picture's pixels: the slice grid
+        return self._edit(s, refs, results_ref, index, (window, mask_opacity, heat_opacity, native, refine),
+                          "remove", "", None, row, col)
+
+    @ui_errors
+    def step(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float,
+             window: str, mask_opacity: float, heat_opacity: float, native: bool, refine: bool, where: str) -> tuple:
+        """Keyboard and button navigation: ``where`` "next", "previous" or "unreviewed" (the next slice still a
+        plain draft). Returns (slice slider, *VIEW_SLICE)."""
+        s = _session(state)
+        if s.volume is None:
+            return (gr.skip(), *[gr.skip()] * len(VIEW_SLICE))
+        i, n = s.clamp_index(index), s.volume.shape[0]
+        if where == "unreviewed":
+            found = s.edits.next_unreviewed(i) if s.edits is not None else (i + 1) % n
+            if found is None:
+                gr.Info("Every slice is reviewed.")
+                return (gr.skip(), *[gr.skip()] * len(VIEW_SLICE))
+            i = found
+        else:
+            i = min(max(i + (1 if where == "next" else -1), 0), n - 1)
+        run, ref = _shown(s, refs, results_ref)
+        return (gr.update(value=i), *self._view_slice(s, run, ref, i, window, mask_opacity, heat_opacity, native,
+                                                       refine))
 
     # ------------------------------------------------------------------ export, teach, API
     @ui_errors

@@ -165,3 +165,41 @@ def review_html(edits) -> str:
     return (f'<div class="ich-legend"><b>Reviewed {n - counts["draft"]} of {n} slices</b> (edited '
             f'{counts["edited"]}, accepted {counts["reviewed"]}, no hemorrhage {counts["no-hemorrhage"]}); '
             "volumes and exports use the corrected slices.</div>")
+
+
+STROKE_COLOUR = "#ff00ff"  # the brush: one colour whatever the subtype (the mode and subtype say what it does)
+
+SHORTCUTS_HELP = (
+    "**Keys** (outside text boxes): **&larr; / &rarr;** previous / next slice, **n** next unreviewed slice, "
+    "**a** accept slice, **h** no hemorrhage, **p** apply strokes, **b** paint, **e** erase, **f** fill outline, "
+    "**r** remove-a-region mode, **1-5** subtype (IPH, IVH, SAH, SDH, EDH), **o** overlay on/off, **z** undo, "
+    "**y** redo. Your edits are kept in this browser: a reload (even after a server restart) reopens the series "
+    "with them, until you clear it, load another, or 24 hours pass; export to keep them."
+)
+
+SHORTCUTS_JS = """<script>
+(() => {
+  const press = (id) => { const el = document.getElementById(id); if (el) el.click(); };
+  const pick = (group, value) => {
+    const el = document.querySelector(`#${group} input[value="${value}"]`);
+    if (el) el.click();
+  };
+  const modes = {b: "Paint", e: "Erase", f: "Fill outline", r: "Remove a region (click it)"};
+  const subtypes = ["IPH", "IVH", "SAH", "SDH", "EDH"];
+  const buttons = {ArrowRight: "nav-next", ArrowLeft: "nav-previous", n: "nav-unreviewed", a: "edit-accept",
+                   h: "edit-no-hemorrhage", p: "edit-apply", o: "toggle-overlay", z: "edit-undo", y: "edit-redo"};
+  document.addEventListener("keydown", (e) => {
+    const t = e.target;
+    const typing = t && (t.isContentEditable || t.tagName === "TEXTAREA" || t.tagName === "SELECT" ||
+      (t.tagName === "INPUT" && !["radio", "checkbox", "button"].includes(t.type)));
+    if (typing || e.altKey || e.metaKey || e.ctrlKey || e.repeat) return;
+    if (t && t.closest && t.closest("#editor")) return;  // the editor's own keys
+    const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    if (buttons[k]) press(buttons[k]);
+    else if (modes[k]) pick("edit-mode", modes[k]);
+    else if (k >= "1" && k <= "5") pick("edit-subtype", subtypes[Number(k) - 1]);
+    else return;
+    e.preventDefault();
+  });
+})();
+</script>"""

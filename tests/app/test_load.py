@@ -108,7 +108,8 @@ class Server:
         return sorted(self.tmp.glob("ichdemo-session-*"))
 
     def cached_names(self) -> list[str]:
-        return sorted(p.name for p in self.cache.rglob("*") if p.is_file())
+        # os.walk, not rglob: the server deletes folders while this walks them (rglob raises on a vanished one)
+        return sorted(name for _, _, files in os.walk(self.cache) for name in files)
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
