@@ -92,7 +92,8 @@ def sweep_view_pictures(age_s: float, root: str | Path | None = None) -> int:
 
 def tidy_cache(blocks: gr.Blocks, age: float) -> None:
     """One pass of the cache clean-up: ``sweep_upload_stubs``, ``sweep_view_pictures`` and the pass of Gradio's
-    ``delete_cache`` (``delete_files_created_by_app``), for files older than ``age`` s.
+    ``delete_cache`` (``delete_files_created_by_app``), for files older than ``age`` s; and the reviews in progress
+    past their own time to live (``ReviewStore.sweep``, a day by default).
 
     Gradio's own ``delete_cache`` is not used: it runs that pass in a worker thread on a task that ends for good at
     its first exception, and the pass iterates the set of uploaded files that every upload request adds to, so
@@ -101,6 +102,8 @@ def tidy_cache(blocks: gr.Blocks, age: float) -> None:
     """
     sweep_upload_stubs(age)
     sweep_view_pictures(age)
+    if hasattr(blocks, "ichdemo_app"):
+        blocks.ichdemo_app.reviews.sweep()
     try:
         delete_files_created_by_app(blocks, age)
     except RuntimeError as err:  # an upload or a reply changed a file set under the pass
