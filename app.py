@@ -207,6 +207,7 @@ def _input_column(ui: SimpleNamespace, pool: ModelPool) -> None:
         False, label="Add the next upload to this series (off: a new upload replaces it)", elem_id="add-files"
     )
     ui.info = gr.Markdown("No series loaded yet.", elem_id="series-info")
+    ui.close_series = gr.Button("Close the series (and its review in progress)", size="sm", elem_id="close-series")
     ui.models = gr.CheckboxGroup(
         pool.choices(), value=pool.default_selection(), label="Models to compare", elem_id="models"
     )
@@ -563,6 +564,9 @@ def _wire(ui: SimpleNamespace, app: App, demo: gr.Blocks) -> None:
     ui.files.clear(app.clear_series, [ui.files, ui.state], [ui.state, ui.info], **private()).then(
         **after_load, **private()
     )
+    ui.close_series.click(app.clear_series, [gr.State(None), ui.state], [ui.state, ui.info], **private()).then(
+        lambda: None, None, ui.files, **private()  # a series reopened after a reload is not in the box
+    ).then(**after_load, **private())
     for btn in ui.ph_buttons:
         btn.click(app.load_phantom, [btn, ui.state], [ui.state, ui.info], **private()).success(
             **after_load, **private()

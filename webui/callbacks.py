@@ -88,9 +88,13 @@ _SESSIONS: dict[str, Session] = {}  # session hash -> Session, so that unload() 
 
 
 def _session(state: Session | None, request: gr.Request | None = None) -> Session:
-    s = state if isinstance(state, Session) else Session()
-    if request is not None and getattr(request, "session_hash", None):
-        _SESSIONS[request.session_hash] = s
+    """The page's Session: its state, else the one an event of the same page made meanwhile (a click while the
+    page's load event still runs comes with no state yet: a second Session would lose what the first one holds,
+    such as the review key), else a new one."""
+    page = getattr(request, "session_hash", None) if request is not None else None
+    s = state if isinstance(state, Session) else _SESSIONS.get(page) or Session()
+    if page:
+        _SESSIONS[page] = s
     return s
 
 

@@ -5,6 +5,7 @@ Screenshots go to the test's tmp dir (printed with -s); look at them when changi
 
 from __future__ import annotations
 
+import time
 import zipfile
 from pathlib import Path
 
@@ -191,3 +192,61 @@ def test_phantom_button_and_teach_tab(page, tmp_path):
     captions = page.inner_text("#teach-maps")
     assert "Grad-CAM native 2x2 cells" in captions and "LSE-UNet map native 16x16" in captions
     _shot(page, tmp_path, "4_teach")
+
+
+def _wait_text(page, selector: str, text: str, timeout_s: float = 120) -> None:
+    """Poll from Python: a page.wait_for_function started right after a reload never saw the text that the app's
+    load event writes there (it did appear: a Python poll sees it within a second)."""
+    end = time.monotonic() + timeout_s
+    while text not in (seen := page.inner_text(selector)):
+        assert time.monotonic() < end, f"{text!r} not in {selector}: {seen[-300:]!r}"
+        page.wait_for_timeout(250)
+
+
+def _slider_value(page) -> int:
+    return int(page.input_value("#slice input[type=number]"))
+
+
+def test_brush_keys_and_a_reload_keep_the_review(page, tmp_path):
+    """Paint a stroke with the mouse on the editor and apply it; keyboard shortcuts move through the slices and mark
+    them; a reload of the page reopens the series with the person's edits (ichdemo.review)."""
+    page.click("button[role=tab]:has-text('Analyze')")  # the test before ends on the Teach tab
+    page.click("#phantom-2")  # IVH phantom
+    page.wait_for_function("document.querySelector('#series-info').innerText.includes('IVH')")
+    page.wait_for_function(DONE)
+    page.click("#edit-subtype input[value='SDH']")
+    canvas = page.locator("#editor canvas").first
+    canvas.scroll_into_view_if_needed()  # the mouse moves in the viewport only
+    box = canvas.bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
+    page.mouse.move(x0, y0, steps=5)
+    page.mouse.down()
+    page.mouse.move(x0 + 80, y0, steps=20)
+    page.mouse.up()
+    _shot(page, tmp_path, "8_stroke")
+    page.click("#edit-apply")
+    page.wait_for_function("document.querySelector('#legend').innerText.includes('edited 1')")
+    assert "SDH" in page.inner_text("#volumes")
+    edited = _slider_value(page)
+    page.click("#series-info")  # focus away from the buttons: keys go to the page
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"document.querySelector('#slice input[type=number]').value == '{edited + 1}'")
+    page.keyboard.press("h")  # no hemorrhage on this slice
+    page.wait_for_function("document.querySelector('#legend').innerText.includes('Reviewed 2 of')")
+    page.keyboard.press("z")  # undo it
+    page.wait_for_function("document.querySelector('#legend').innerText.includes('Reviewed 1 of')")
+    page.keyboard.press("n")  # next slice still a draft
+    page.wait_for_function(f"document.querySelector('#slice input[type=number]').value == '{edited + 1}'")
+    page.reload()
+    page.wait_for_selector("#series-info")
+    _wait_text(page, "#series-info", "review in progress was reopened")
+    page.wait_for_function(DONE)
+    page.wait_for_function("document.querySelector('#legend').innerText.includes('Reviewed 1 of')")
+    assert "SDH" in page.inner_text("#volumes")
+    _shot(page, tmp_path, "9_reopened")
+    page.click("#close-series")  # closing drops the review: the next reload starts empty
+    page.wait_for_function("document.querySelector('#series-info').innerText.includes('No series loaded')")
+    page.reload()
+    page.wait_for_selector("#upload")
+    page.wait_for_timeout(1500)
+    assert "No series loaded" in page.inner_text("#series-info")
