@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +106,9 @@ class GradCAM:
         self.model, self.layer, self.grad_mode = model, layer, grad_mode
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._activation: torch.Tensor | None = None
-        self._in_call = False  # the hook only acts inside __call__ (a plain model(x) in the `with` is untouched)
+        # the hook acts only inside __call__ and in the thread that called it: a plain model(x) in the `with` is
+        # untouched, and so is another thread's forward through the same model (its own GradCAM hooks the layer too)
+        self._caller: int | None = None
 
     def __enter__(self) -> GradCAM:
         if self._handle is None:
@@ -121,7 +124,7 @@ class GradCAM:
     def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, torch.Tensor) or output.ndim != 4:
             raise ModelError(f"Grad-CAM layer must output a (B, K, h, w) tensor, got {type(output).__name__}")
-        if not self._in_call:
+        if self._caller != threading.get_ident():
             return output
         # The forward runs under no_grad; switching grad on here (it is restored when __call__'s no_grad block
         # exits) records only the head above A, and A itself becomes the leaf we differentiate against.
@@ -135,11 +138,11 @@ class GradCAM:
             with self:
                 return self(x)
         with torch.inference_mode(False), torch.no_grad():
-            self._in_call = True
+            self._caller = threading.get_ident()
             try:
                 logits = _logits(self.model(x))
             finally:
-                self._in_call = False
+                self._caller = None
             act = self._activation
             if act is None or logits.grad_fn is None:
                 raise ModelError("the Grad-CAM layer was not used in the forward pass (or logits do not depend on it)")

@@ -129,6 +129,40 @@ def test_gradcam_releases_hooks_and_leaves_no_grads(gap_model):
     assert torch.is_grad_enabled()
 
 
+def test_gradcam_in_two_threads_on_one_model(gap_model):
+    """Two requests at once on the app's one model instance: each GradCAM hooks the same layer, and each must act on
+    its own thread's forward only (both used to replace the activation: 'Tensor ... not used in the graph')."""
+    import threading
+
+    xs = [_x(1, 64), _x(1, 64) + 0.5]
+    alone = [GradCAM(gap_model)(x).raw for x in xs]
+    meet = threading.Barrier(2, timeout=30)
+
+    def both_inside(*_) -> None:  # both forwards are at the layer at once
+        meet.wait()
+
+    wait = gap_model.cam_layer.register_forward_pre_hook(both_inside)
+    out, errors = [None, None], []
+
+    def run(i: int) -> None:
+        try:
+            out[i] = GradCAM(gap_model)(xs[i]).raw
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        wait.remove()
+    assert not errors, errors
+    assert all(torch.allclose(o, a, atol=1e-6) for o, a in zip(out, alone))
+    assert _hooks(gap_model) == 0
+
+
 def test_gradcam_batched_equals_per_image_and_both_grad_modes(gap_model):
     x = _x(3, 96)
     batch = GradCAM(gap_model, grad_mode="batched")(x)
