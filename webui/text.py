@@ -173,8 +173,9 @@ SHORTCUTS_HELP = (
     "**Keys** (outside text boxes): **&larr; / &rarr;** previous / next slice, **n** next unreviewed slice, "
     "**a** accept slice, **h** no hemorrhage, **p** apply strokes, **b** paint, **e** erase, **f** fill outline, "
     "**r** remove-a-region mode, **1-5** subtype (IPH, IVH, SAH, SDH, EDH), **o** overlay on/off, **z** undo, "
-    "**y** redo. Your edits are kept in this browser: a reload (even after a server restart) reopens the series "
-    "with them, until you clear it, load another, or 24 hours pass; export to keep them."
+    "**y** redo. Your edits are kept for this browser: a reload (even after a server restart) reopens the series "
+    "with them, until you close it, load another, or a day passes (by default). For that the server keeps a copy of "
+    "the series you edit, which only this browser's key opens; export to keep your work."
 )
 
 SHORTCUTS_JS = """<script>
