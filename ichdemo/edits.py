@@ -62,6 +62,17 @@ class Edits:
     _undo: list[_Step] = field(default_factory=list, repr=False)
     _redo: list[_Step] = field(default_factory=list, repr=False)
 
+    @classmethod
+    def from_labels(cls, labels: np.ndarray, statuses: Sequence[str]) -> Edits:
+        """Edits that put back a review exported before: ``labels`` (S, H, W) on every slice whose status in
+        ``statuses`` (one per slice, ``summary()["slices"]``) is not "draft"; no undo history."""
+        labels = np.asarray(labels, np.uint8)
+        ed = cls(tuple(labels.shape))  # type: ignore[arg-type]
+        for i, status in enumerate(statuses):
+            if status != "draft":
+                ed.slices[i], ed.status[i] = labels[i].copy(), status
+        return ed
+
     # ------------------------------------------------------------------ reading
     def status_of(self, index: int) -> str:
         return self.status.get(self._check(index), "draft")

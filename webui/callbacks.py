@@ -21,12 +21,14 @@ from typing import Any
 
 import gradio as gr
 
+from ichdemo import io as ichdemo_io
 from ichdemo.api import ScratchFolders, analyze_files, export_files, teach_files
 from ichdemo.catalogue import NO_MODEL_HELP, ModelPool, run_models
-from ichdemo.errors import IchdemoError, brief
+from ichdemo.errors import IchdemoError, UnsupportedInputError, brief
 from ichdemo.examples import PHANTOM_EXAMPLES, PhantomExamples, fingerprint, image_truth
 from ichdemo.io import parse_spacing
 from ichdemo.quantify import parse_thresholds
+from ichdemo.reopen import review_from_files, split_uploads
 from ichdemo.review import ReviewStore, new_key
 from ichdemo.session import Session
 from ichdemo.teach import explain_slice
@@ -247,7 +249,8 @@ class App:
         """Upload -> series. A new upload replaces the series (results and all) unless ``add`` is on: the upload box
         lists the earlier files too, and only the new ones are kept (the box is set to them once analysis starts).
         ``image_window`` and ``spacing`` say how PNG/JPG grey levels were made and their voxel size (empty or
-        "auto": estimated, and the info says so).
+        "auto": estimated, and the info says so). Exported labels (``ichdemo.reopen``) uploaded beside the CT, or
+        alone over the series on screen, re-open a review: they become its edits.
 
         Returns (state, series info). A failed upload raises (one line) and leaves the series as it was."""
         s = _session(state, request)
@@ -260,19 +263,33 @@ class App:
             # the box echoing the series' files (Gradio re-caches them elsewhere), beside refused ones (said already)
             return s, info_markdown(s.volume)
         chosen = given if add or not new else new  # no new file: some were removed from the box
+        ct, labels = split_uploads(list(chosen.values()))  # exported labels beside their CT re-open a review
+        if labels and not ct and s.volume is not None:  # labels of the series on screen
+            try:
+                s.edits, reopened = review_from_files(labels, s.volume)
+            except IchdemoError:
+                s.refused |= chosen.keys()
+                raise
+            s.uploaded, s.fresh = {**s.uploaded, **chosen}, "restored"  # redrawn where the person is
+            return s, info_markdown(s.volume) + f"\n\n**{reopened}**"
         try:
-            s.load_files(list(chosen.values()), image_window=image_window or None, spacing=parse_spacing(spacing))
+            if labels and not ct:
+                raise UnsupportedInputError("labels alone: upload them beside the CT they were drawn on")
+            vol = ichdemo_io.load_volume(ct, image_window=image_window or None, spacing=parse_spacing(spacing))
+            edits, reopened = review_from_files(labels, vol) if labels else (None, "")
         except IchdemoError:
             s.refused |= chosen.keys()  # still listed in the box: the next upload beside them leaves them out
             raise
+        s.set_volume(vol)
         if self.examples is not None:  # a CT-ICH example slice with its expert mask
-            s.truth = image_truth(list(chosen.values()), s.volume, self.examples)
+            s.truth = image_truth(ct, s.volume, self.examples)
             s.truth_subtypes, s.truth_source = False, "expert mask (CT-ICH)"
         s.uploaded, s.fresh = chosen, ("loaded" if chosen == given else "replaced")
         s.forget_review()  # a new series: the review of the old one goes (its export is the way to keep it)
+        s.edits = edits
         s.source = {"series": ",".join(sorted(chosen)), "image_window": image_window or "", "spacing": spacing or ""}
-        s.source_files = list(chosen.values())
-        return s, info_markdown(s.volume)
+        s.source_files = ct
+        return s, info_markdown(s.volume) + (f"\n\n**{reopened}**" if reopened else "")
 
     @ui_errors
     def clear_series(self, files: Any, state: Session | None, request: gr.Request) -> tuple:

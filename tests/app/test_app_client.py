@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,7 +16,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from ichdemo.constants import RESEARCH_NOTICE
+from ichdemo.constants import CLASSES, RESEARCH_NOTICE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -252,7 +253,7 @@ def test_corrections_through_the_edit_endpoint_reach_the_export(client, phantom_
     jumped = edit(0, "undo")  # from slice 0: the undo goes to slice 3, and the view with it, heatmaps included
     assert jumped[0]["value"] == 3 and len(jumped[3]) == 1 and "lse_tiny" in jumped[3][0]["caption"]
     edit(5, "no-hemorrhage")
-    zpath, _ = client.predict(lse, ["nifti"], api_name="/session_export")
+    zpath, _ = client.predict(lse, ["nifti", "dicom-seg"], api_name="/session_export")
     with zipfile.ZipFile(zpath) as zf:
         zf.extractall(tmp_path / "draft")
         draft_txt = zf.read("DRAFT.txt").decode()
@@ -261,8 +262,39 @@ def test_corrections_through_the_edit_endpoint_reach_the_export(client, phantom_
     labels = labels_from_nifti(tmp_path / "draft" / "prediction" / "labels.nii.gz", vol)
     assert (labels[2][brush > 0] == 4).all()  # SDH exactly where painted
     assert not labels[5].any()
+    import highdicom as hd  # the DICOM SEG carries the same labels, edits included
+
+    seg = hd.seg.segread(next((tmp_path / "draft" / "formats" / "dicom-seg").glob("*.dcm")))
+    numbers = {int(d.SegmentNumber): d.SegmentLabel for d in seg.SegmentSequence}
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=vol.dicom.sop_instance_uids, combine_segments=True, skip_overlap_checks=True
+    )
+    back = np.vectorize(lambda n: 0 if n == 0 else CLASSES.index(numbers[n]) + 1)(pixels).astype(np.uint8)
+    np.testing.assert_array_equal(back, labels)
     assert report["review"]["slices"][2:6] == ["edited", "draft", "draft", "no-hemorrhage"]
     assert "2 of 8 slices edited or reviewed by a person" in draft_txt
+    # re-open: the CT with the exported labels and report beside it brings the review back, slice by slice
+    pred = tmp_path / "draft" / "prediction"
+    info = client.predict([handle_file(str(f)) for f in [*files, pred / "labels.nii.gz", pred / "report.json"]],
+                          "auto", "", False, api_name="/load")
+    assert "8 slice(s)" in info and "Labels re-opened from labels.nii.gz: 2 of 8 slices" in info, info
+    client.predict([lse], None, *VIEW, api_name="/analyze")
+    zpath, _ = client.predict(lse, ["nifti"], api_name="/session_export")
+    with zipfile.ZipFile(zpath) as zf:
+        again = json.loads(zf.read("prediction/report.json"))["review"]["slices"]
+        zf.extract("prediction/labels.nii.gz", tmp_path / "again")
+    assert again == report["review"]["slices"]
+    back = labels_from_nifti(tmp_path / "again" / "prediction" / "labels.nii.gz", vol)
+    np.testing.assert_array_equal(back[[2, 5]], labels[[2, 5]])
+    edit(2, "revert")  # the labels alone (saved again, as a person would), over the series on screen, bring it back
+    later = tmp_path / "later"
+    later.mkdir()
+    shutil.copyfile(pred / "labels.nii.gz", later / "labels-reviewed.nii.gz")
+    (later / "report.json").write_text((pred / "report.json").read_text() + "\n")
+    info = client.predict([handle_file(str(later / "labels-reviewed.nii.gz")), handle_file(str(later / "report.json"))],
+                          "auto", "", False, api_name="/load")
+    assert "Labels re-opened" in info and "2 of 8 slices" in info
+    assert "Reviewed 3 of 8 slices" in edit(0, "accept")[6]  # slices 2 and 5 back, and 0 now
     with pytest.raises(AppError, match="paint needs a mask image"):
         edit(1, "paint", "IPH")
     with pytest.raises(AppError, match="unknown edit 'smudge'"):

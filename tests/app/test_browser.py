@@ -207,43 +207,116 @@ def _slider_value(page) -> int:
     return int(page.input_value("#slice input[type=number]"))
 
 
-def test_brush_keys_and_a_reload_keep_the_review(page, tmp_path):
-    """Paint a stroke with the mouse on the editor and apply it; keyboard shortcuts move through the slices and mark
-    them; a reload of the page reopens the series with the person's edits (ichdemo.review)."""
+def _stroke(page, start: tuple[int, int], end: tuple[int, int]) -> None:
+    """Drag the mouse on the editor from ``start`` to ``end``, screen pixels from the canvas centre (where the
+    slice's centre is drawn)."""
+    canvas = page.locator("#editor canvas").first
+    canvas.scroll_into_view_if_needed()  # the mouse moves in the viewport only
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx + start[0], cy + start[1], steps=5)
+    page.mouse.down()
+    page.mouse.move(cx + end[0], cy + end[1], steps=20)
+    page.mouse.up()
+
+
+def _legend_has(page, text: str) -> None:
+    page.wait_for_function(f"document.querySelector('#legend').innerText.includes({text!r})")
+
+
+def _go_to(page, index: int) -> None:
+    page.wait_for_function(f"document.querySelector('#slice input[type=number]').value == '{index}'")
+
+
+def test_brush_keys_reload_and_export_of_a_review(page, tmp_path):
+    """Paint on one slice, paint and erase on the next, mark a third with keys (no hemorrhage, undo, accept);
+    a reload reopens the series with those edits (ichdemo.review); the exported NIfTI and DICOM SEG hold them and
+    the report says per slice what a person did; closing the series drops the review."""
     page.click("button[role=tab]:has-text('Analyze')")  # the test before ends on the Teach tab
     page.click("#phantom-2")  # IVH phantom
     page.wait_for_function("document.querySelector('#series-info').innerText.includes('IVH')")
     page.wait_for_function(DONE)
     page.click("#edit-subtype input[value='SDH']")
-    canvas = page.locator("#editor canvas").first
-    canvas.scroll_into_view_if_needed()  # the mouse moves in the viewport only
-    box = canvas.bounding_box()
-    x0, y0 = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
-    page.mouse.move(x0, y0, steps=5)
-    page.mouse.down()
-    page.mouse.move(x0 + 80, y0, steps=20)
-    page.mouse.up()
+    first = _slider_value(page)
+    _stroke(page, (0, 0), (80, 0))
     _shot(page, tmp_path, "8_stroke")
     page.click("#edit-apply")
-    page.wait_for_function("document.querySelector('#legend').innerText.includes('edited 1')")
+    _legend_has(page, "edited 1")
     assert "SDH" in page.inner_text("#volumes")
-    edited = _slider_value(page)
     page.click("#series-info")  # focus away from the buttons: keys go to the page
     page.keyboard.press("ArrowRight")
-    page.wait_for_function(f"document.querySelector('#slice input[type=number]').value == '{edited + 1}'")
+    _go_to(page, first + 1)
+    _stroke(page, (-80, 0), (80, 0))
+    page.keyboard.press("p")  # apply
+    _legend_has(page, "edited 2")
+    page.keyboard.press("e")  # erase mode: a vertical stroke cuts the painted band in two
+    page.wait_for_function("document.querySelector('#edit-mode input[value=\"Erase\"]').checked")
+    _stroke(page, (0, -60), (0, 60))
+    page.click("#edit-apply")
+    page.wait_for_function("document.querySelector('#edit-mode input[value=\"Erase\"]').checked")
+    page.wait_for_timeout(1500)
+    page.click("#series-info")
+    page.keyboard.press("b")
+    page.keyboard.press("ArrowRight")
+    _go_to(page, first + 2)
     page.keyboard.press("h")  # no hemorrhage on this slice
-    page.wait_for_function("document.querySelector('#legend').innerText.includes('Reviewed 2 of')")
+    _legend_has(page, "Reviewed 3 of")
     page.keyboard.press("z")  # undo it
-    page.wait_for_function("document.querySelector('#legend').innerText.includes('Reviewed 1 of')")
-    page.keyboard.press("n")  # next slice still a draft
-    page.wait_for_function(f"document.querySelector('#slice input[type=number]').value == '{edited + 1}'")
+    _legend_has(page, "Reviewed 2 of")
+    page.keyboard.press("a")  # accept the draft as it is
+    _legend_has(page, "accepted 1")
+    page.keyboard.press("n")  # the next slice still a draft
+    _go_to(page, first + 3)
+
     page.reload()
     page.wait_for_selector("#series-info")
     _wait_text(page, "#series-info", "review in progress was reopened")
     page.wait_for_function(DONE)
-    page.wait_for_function("document.querySelector('#legend').innerText.includes('Reviewed 1 of')")
+    _legend_has(page, "Reviewed 3 of")
     assert "SDH" in page.inner_text("#volumes")
     _shot(page, tmp_path, "9_reopened")
+
+    for fmt in ("nifti", "dicom-seg"):
+        page.click(f"#formats label:has-text('{fmt}')")
+    page.click("#export")
+    page.wait_for_selector("#export-file a")
+    with page.expect_download() as info:
+        page.click("#export-file a")
+    target = tmp_path / "review.zip"
+    info.value.save_as(str(target))
+    with zipfile.ZipFile(target) as zf:
+        zf.extractall(tmp_path / "review")
+    import json
+
+    import highdicom as hd
+    import nibabel as nib
+    import numpy as np
+
+    report = json.loads((tmp_path / "review" / "prediction" / "report.json").read_text())
+    slices = report["review"]["slices"]
+    assert slices[first : first + 3] == ["edited", "edited", "reviewed"], slices
+    assert slices.count("draft") == len(slices) - 3
+    labels = np.asarray(nib.load(tmp_path / "review" / "prediction" / "labels.nii.gz").dataobj).transpose(2, 1, 0)
+    h, w = labels.shape[1:]
+    sdh = labels == 4
+    near = np.zeros((h, w), bool)  # the strokes' neighbourhood: the untrained models may draft SDH elsewhere
+    near[h // 2 - 15 : h // 2 + 15, w // 2 - 30 : w // 2 + 30] = True
+    band = sdh[first] & near
+    full = np.nonzero(band.sum(axis=1) >= 15)[0]  # the stroke's rows (the draft adds at most a few pixels here)
+    assert len(full) >= 6 and abs(full.mean() - h / 2) < 4 and np.ptp(full) < 14, full  # a flat band at the centre
+    stroke = band[full]  # from the centre to the right (the brush's radius a little left of it)
+    assert stroke[:, : w // 2 - 12].sum() < 0.1 * stroke.sum() and stroke[:, w // 2 + 10 :].any()
+    cut = sdh[first + 1] & near
+    assert cut[:, : w // 2 - 8].any() and cut[:, w // 2 + 8 :].any()  # painted both sides of the centre...
+    assert not cut[:, w // 2 - 1 : w // 2 + 1].any()  # ...and erased down the middle
+    seg = hd.seg.segread(next((tmp_path / "review" / "formats" / "dicom-seg").glob("*.dcm")))
+    numbers = {d.SegmentLabel: int(d.SegmentNumber) for d in seg.SegmentSequence}
+    uids = [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[numbers["SDH"]], skip_overlap_checks=True
+    )
+    assert int(pixels.sum()) == int(sdh.sum())  # the SEG's SDH voxels are the painted ones
+
     page.click("#close-series")  # closing drops the review: the next reload starts empty
     page.wait_for_function("document.querySelector('#series-info').innerText.includes('No series loaded')")
     page.reload()

@@ -180,16 +180,23 @@ def test_upload_over_the_size_limit_is_refused_by_the_server(app_module, phantom
 # ------------------------------------------------------------------------- limits too costly to send over HTTP
 @pytest.fixture
 def handler(app_module, tmp_path):
-    """The upload handler (``App.load_files``) in-process, with a session hash as the browser would give."""
+    """The upload handler (``App.load_files``) in-process, each call from a new page (a session hash of its own, as
+    the browser gives)."""
+    from types import SimpleNamespace
+
     from ichdemo.catalogue import ModelPool
     from ichdemo.examples import PhantomExamples
 
-    class Request:
-        session_hash = f"hostile-{tmp_path.name}"
+    pages = []
+
+    def load(files):
+        pages.append(SimpleNamespace(session_hash=f"hostile-{tmp_path.name}-{len(pages)}"))
+        return app.load_files([str(f) for f in files], "auto", "", False, None, pages[-1])
 
     app = app_module.App(ModelPool([]), PhantomExamples(tmp_path / "phantoms"))
-    yield lambda files: app.load_files([str(f) for f in files], "auto", "", False, None, Request())
-    app_module._end_session(Request())
+    yield load
+    for page in pages:
+        app_module._end_session(page)
 
 
 def test_handler_refuses_too_many_slices_and_files(handler, tmp_path):
@@ -240,3 +247,14 @@ def test_browser_shows_the_refusal_and_takes_the_next_upload(app_url, phantom_se
             page.wait_for_function("document.querySelectorAll('#heatmaps img').length >= 3")  # analysed too
         finally:
             browser.close()
+
+
+def test_labels_alone_with_no_series_say_what_they_need(handler, tmp_path):
+    import gradio as gr
+    import nibabel as nib
+    import numpy as np
+
+    path = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.uint8), np.eye(4)), path)
+    with pytest.raises(gr.Error, match="labels alone: upload them beside the CT"):
+        handler([path])

@@ -39,6 +39,7 @@ from pathlib import Path
 import cv2
 import httpx
 import nibabel as nib
+import numpy as np
 import pydicom
 import pytest
 from gradio_client import Client, handle_file
@@ -66,6 +67,8 @@ class Upload:
     header_values: tuple[str, ...]  # UIDs and patient ID of its files: none may reach the server log
     seed: int
     mask_threshold: int
+    brush: Path  # a mask PNG this session paints as EDH on ``edit_slice``, at a place of its own
+    edit_slice: int
 
     def set_thresholds_args(self) -> list:
         # every class gate open, a mask threshold of this session's own: volumes differ between sessions
@@ -83,7 +86,11 @@ def make_uploads(root: Path) -> list[Upload]:
         headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         ds = headers[0]
         values = (ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID, *(h.SOPInstanceUID for h in headers))
-        uploads.append(Upload(i, files, shape, ds.SeriesInstanceUID, ds.StudyInstanceUID, values, p.seed, 190 + 6 * i))
+        brush = np.zeros(shape[1:], np.uint8)
+        brush[4 + 3 * i : 12 + 3 * i, 10:20] = 255
+        cv2.imwrite(str(root / f"brush{i}.png"), brush)
+        uploads.append(Upload(i, files, shape, ds.SeriesInstanceUID, ds.StudyInstanceUID, values, p.seed, 190 + 6 * i,
+                              root / f"brush{i}.png", i))
     assert len({u.series_uid for u in uploads}) == N_SESSIONS
     return uploads
 
@@ -194,6 +201,12 @@ def check_export(zpath: str, up: Upload, table_total: float, model: str) -> dict
     assert f"mask thresholds (IPH,IVH,SAH,SDH,EDH): {m}, {m}, {m}, {m}, {m}" in draft, draft
     assert report["model"]["name"] == Path(model).name
     assert report["volumes_ml"]["total"] == pytest.approx(table_total, abs=1e-3)
+    # its own edit, and no other session's: EDH exactly where this session painted, that slice alone edited
+    lab = np.asarray(labels.dataobj).transpose(2, 1, 0)
+    assert (lab[up.edit_slice][cv2.imread(str(up.brush), cv2.IMREAD_GRAYSCALE) > 0] == 5).all()
+    review = ["draft"] * up.shape[0]
+    review[up.edit_slice] = "edited"
+    assert report["review"]["slices"] == review, report["review"]
     return report["volumes_ml"]
 
 
@@ -206,6 +219,9 @@ def session_round(url: str, up: Upload, model: str) -> dict[str, float]:
         assert f"seed {up.seed} " in info and f"{n} slice(s) of {cols} x {rows} px" in info, info
         ran = c.predict([model], None, "brain", 0.45, 0.5, False, False, api_name="/analyze")
         assert ran[0] == "Ran 1 of 1 model(s).", ran[0]
+        edited = c.predict([model], model, up.edit_slice, "brain", 0.45, 0.5, False, False, "paint", "EDH",
+                           handle_file(str(up.brush)), -1, -1, api_name="/edit")  # this session's own correction
+        assert f"Reviewed 1 of {n} slices" in edited[6], edited[6]
         view = c.predict(
             [model], model, n // 2, "brain", 0.45, 0.5, False, False, *up.set_thresholds_args(),
             api_name="/set_thresholds",
