@@ -277,7 +277,8 @@ def save(
     saved = Saved(labels, report, files)
     if formats:
         done = export(labels, volume, list(formats), Path(export_dir or out_dir), model_info=analysis.model_info,
-                      thresholds=t, keep_phi=keep_phi, name=name or EXPORT_NAME, skip_unsupported=True)
+                      thresholds=t, keep_phi=keep_phi, name=name or EXPORT_NAME, skip_unsupported=True,
+                      review=edits.provenance() if edits is not None else None)
         saved.exported, saved.skipped = dict(done), done.skipped
     return saved
 

@@ -16,7 +16,7 @@ the output folder lists what was written and what was skipped, and why.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ichdemo.atomic import write_text
+from ichdemo.edits import STATUSES
 from ichdemo.errors import ConfigError, UnsupportedInputError
 from ichdemo.export import coco, cvat, dicom_seg, labelstudio, nifti, overlay, seg_nrrd
 from ichdemo.export.images import safe_name
@@ -115,6 +116,7 @@ def export(
     keep_phi: bool = False,
     name: str = "labels",
     skip_unsupported: bool = False,
+    review: Sequence[str] | None = None,
 ) -> Exported:
     """Write ``labels`` of ``volume`` in each of ``formats`` under ``out_dir``.
 
@@ -130,6 +132,9 @@ def export(
         name: series name used in file names.
         skip_unsupported: skip formats the input cannot have (DICOM SEG for NIfTI, or with nothing segmented),
             recording why in ``export.json``, instead of raising before anything is written.
+        review: each slice's status in a person's review (``Edits.provenance()``), carried by the formats that
+            have room for it: DICOM SEG (algorithm type SEMIAUTOMATIC, content description), Label Studio (each
+            task's ``data.review``; reviewed slices also as an annotation), CVAT (labelmap.txt comments).
 
     Returns:
         ``Exported``: {format: path of its main file or folder} for the formats written, and what was skipped.
@@ -147,6 +152,7 @@ def export(
         Provenance.build(model_info, thresholds),
         safe_name(name),
         keep_phi,
+        _check_review(review, volume),
     )
     skipped = _skipped(job, names)
     if skipped and not skip_unsupported:
@@ -154,6 +160,14 @@ def export(
     job.out_dir.mkdir(parents=True, exist_ok=True)
     written = {n: FORMATS[n].write(job) for n in names if n not in skipped}
     return Exported(written, skipped, _write_manifest(job, written, skipped))
+
+
+def _check_review(review: Sequence[str] | None, volume: Volume) -> list[str] | None:
+    if review is None:
+        return None
+    if len(review) != volume.shape[0] or not set(review) <= set(STATUSES):
+        raise ValueError(f"review: one status of {STATUSES} per slice ({volume.shape[0]}), got {list(review)[:8]}")
+    return list(review)
 
 
 def _skipped(job: ExportJob, names: list[str]) -> dict[str, str]:

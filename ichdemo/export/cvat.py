@@ -7,7 +7,8 @@
 - ``SegmentationObject/<image>.png``: palette PNG, one instance per class present on the slice (1, 2, ...; VOC
   colour map), so CVAT creates one mask object per subtype and slice.
 Create the CVAT task from the ``images/`` PNGs written beside it (same names), then upload this zip as annotations
-in the "Segmentation mask 1.1" format.
+in the "Segmentation mask 1.1" format. The format has no field per image, so the slices a person edited or reviewed
+are listed in labelmap.txt's comments ("# review <image>: edited").
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def class_palette() -> np.ndarray:
 def labelmap_txt(job: ExportJob) -> str:
     """CVAT/VOC label map with provenance comments."""
     lines = ["# label:color_rgb:parts:actions", f"# {job.provenance.headline}", f"# {job.provenance.notice}"]
+    if job.touched:  # the mask format has no field per image: the person's review goes here (and in report.json)
+        _, names = job.slice_images()
+        lines += [f"# review {stem}: {status}" for stem, status in zip(names, job.review) if status != "draft"]
     lines.append("background:0,0,0::")
     lines += [f"{c}:{','.join(str(v) for v in CLASS_COLORS[c])}::" for c in CLASSES]
     return "\n".join(lines) + "\n"

@@ -168,7 +168,9 @@ def segment_descriptions(job: ExportJob) -> list:
                 segment_label=c,
                 segmented_property_category=codes.CATEGORY,
                 segmented_property_type=codes.TYPES[c],
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                # a person's edits or review make the segments semi-automatic (model draft, person's corrections)
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if job.touched
+                else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algo,
                 display_color=hd.color.CIELabColor.from_rgb(*CLASS_COLORS[c]),
             )
@@ -214,7 +216,10 @@ def _segmentation(hd, headers: list[Dataset], job: ExportJob, prov) -> Dataset:
         software_versions=__version__,
         device_serial_number=prov.weights_sha256 or "unknown",
         content_label=CONTENT_LABEL,
-        content_description=_fit(f"{DRAFT_LABEL}: {prov.model_text}"),
+        content_description=_fit(
+            f"{job.touched} of {len(job.review)} slices person-reviewed, rest model draft; research use"
+            if job.touched else f"{DRAFT_LABEL}: {prov.model_text}"
+        ),
         series_description=SERIES_DESCRIPTION,
         content_qualification=hd.ContentQualificationValues.RESEARCH,
         coding_schemes=_coding_schemes(hd, job),

@@ -38,6 +38,8 @@ class ExportJob:
         provenance: model, version, thresholds and notice to stamp on every file.
         name: series name used in file names.
         keep_phi: keep patient name/ID/birth date where a format copies source headers (DICOM SEG).
+        review: each slice's status in a person's review (``ichdemo.edits.STATUSES``: "draft" = the model's,
+            untouched; "edited", "reviewed", "no-hemorrhage"), or None when nobody reviewed the draft.
     """
 
     labels: np.ndarray
@@ -46,7 +48,13 @@ class ExportJob:
     provenance: Provenance
     name: str = "labels"
     keep_phi: bool = False
+    review: list[str] | None = None
     _images: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def touched(self) -> int:
+        """How many slices a person edited or reviewed."""
+        return sum(s != "draft" for s in self.review or [])
 
     @property
     def present(self) -> list[int]:

@@ -6,6 +6,8 @@ the five subtypes). Each task's ``data.image`` is ``<image_root><image file>``, 
 ``images/<file>.png``; set ``image_root`` to where Label Studio serves the images (e.g. "/data/local-files/?d=").
 Each subtype present on a slice is one brush result ({"format": "rle", "rle": [...], "brushlabels": [subtype]});
 ``model_version`` names the model, version and thresholds, and ``data.ichdemo`` carries the full provenance.
+``data.review`` says what a person did on the slice ("draft": nothing); a slice a person edited or reviewed also
+carries its labels as an annotation, so that Label Studio counts it as labelled.
 """
 
 from __future__ import annotations
@@ -70,12 +72,15 @@ def tasks(job: ExportJob, names: list[str], image_root: str = IMAGE_ROOT) -> lis
     version = f"{prov.model_text} ({prov.thresholds_text})"
     out = []
     for i, (stem, lab) in enumerate(zip(names, job.labels)):
-        out.append(
-            {
-                "data": {"image": f"{image_root}{stem}.png", "series": job.name, "slice": i, "ichdemo": prov.as_dict()},
-                "predictions": [{"model_version": version, "result": results(lab, stem)}],
-            }
-        )
+        status = job.review[i] if job.review else "draft"
+        task = {
+            "data": {"image": f"{image_root}{stem}.png", "series": job.name, "slice": i, "review": status,
+                     "ichdemo": prov.as_dict()},
+            "predictions": [{"model_version": version, "result": results(lab, stem)}],
+        }
+        if status != "draft":  # a person's labels: an annotation, not only the model's prediction
+            task["annotations"] = [{"result": results(lab, stem), "ground_truth": False}]
+        out.append(task)
     return out
 
 
