@@ -274,7 +274,9 @@ class App:
             return s, info_markdown(s.volume) + f"\n\n**{reopened}**"
         try:
             if labels and not ct:
-                raise UnsupportedInputError("labels alone: upload them beside the CT they were drawn on")
+                names = ", ".join(sorted(Path(p).name for p in labels))[:120]
+                raise UnsupportedInputError(f"labels alone ({names}: exported labels, a DICOM SEG or a report): "
+                                            "upload them beside the CT they were drawn on")
             vol = ichdemo_io.load_volume(ct, image_window=image_window or None, spacing=parse_spacing(spacing))
             edits, reopened = review_from_files(labels, vol) if labels else (None, "")
         except IchdemoError:

@@ -30,7 +30,11 @@ from test_hostile_inputs import CASES, OK_CASES  # noqa: E402
 LIMIT_S = 60  # a refusal that takes longer than this is a hung worker
 # A folder upload (the loader ignores junk like .DS_Store in folders) becomes a list of files in the app, where
 # a named file that is no image is reported as such.
-APP_FRAGMENTS = {"empty-nested-folders": r"\.DS_Store: unrecognised file type; expected DICOM, NIfTI"}
+APP_FRAGMENTS = {  # where the app says more than the reader: a DICOM SEG is labels, to upload beside their CT
+    "empty-nested-folders": r"\.DS_Store: unrecognised file type; expected DICOM, NIfTI",
+    "dicom-modality-SEG": r"labels alone \([^)]*\.dcm: exported labels, a DICOM SEG or a report\): upload them beside",
+    "dicom-real-seg": r"labels alone \([^)]*\.dcm: exported labels, a DICOM SEG or a report\): upload them beside",
+}
 
 
 def upload_of(src) -> list[Path]:
@@ -256,5 +260,5 @@ def test_labels_alone_with_no_series_say_what_they_need(handler, tmp_path):
 
     path = tmp_path / "labels.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.uint8), np.eye(4)), path)
-    with pytest.raises(gr.Error, match="labels alone: upload them beside the CT"):
+    with pytest.raises(gr.Error, match=r"labels alone \(labels.nii.gz: .*\): upload them beside the CT"):
         handler([path])
