@@ -262,7 +262,8 @@ def _viewer_column(ui: SimpleNamespace) -> None:
 
 def _corrections(ui: SimpleNamespace) -> None:
     """The annotator's tools: a brush on the slice, the review buttons and the navigation (keys: SHORTCUTS)."""
-    with gr.Accordion("Correct the draft: brush, eraser, review", open=True, elem_id="corrections"):
+    ui.editing = gr.State(False)  # the accordion is open: only then does the editor follow the draft picture
+    with gr.Accordion("Correct the draft: brush, eraser, review", open=False, elem_id="corrections") as ui.corrections:
         with gr.Row():
             ui.edit_mode = gr.Radio(list(STROKE_MODES), value="Paint", label="Brush mode", elem_id="edit-mode", scale=3)
             ui.edit_subtype = gr.Radio(list(CLASSES), value="IPH", label="Subtype to paint", elem_id="edit-subtype",
@@ -439,8 +440,11 @@ def _layout(pool: ModelPool) -> SimpleNamespace:
     return ui
 
 
-def _editor_value(picture: str | None) -> dict | None:
-    """The brush editor on the Draft picture, strokes cleared."""
+def _editor_value(picture: str | None, editing: bool = True) -> Any:
+    """The brush editor on the Draft picture, strokes cleared; left alone while its accordion is closed (a visitor
+    who never corrects does not wait for the editor's copy of every picture)."""
+    if not editing:
+        return gr.skip()
     return {"background": picture, "layers": [], "composite": None} if picture else None
 
 
@@ -501,7 +505,9 @@ def _wire(ui: SimpleNamespace, app: App, demo: gr.Blocks) -> None:
     ui.edit_btn.click(app.edit, [*view_in, ui.edit_action, *edit_in], edit_out, api_name="edit", **quiet)
     for action, btn in ui.edit_buttons.items():
         btn.click(app.edit, [*view_in, gr.State(action), *edit_in], edit_out, **quiet, **private())
-    editor = {"fn": _editor_value, "inputs": ui.overlay, "outputs": ui.editor}
+    editor = {"fn": _editor_value, "inputs": [ui.overlay, ui.editing], "outputs": ui.editor}
+    ui.corrections.expand(lambda: True, None, ui.editing, **quiet, **private()).then(**editor, **quiet, **private())
+    ui.corrections.collapse(lambda: False, None, ui.editing, **quiet, **private())
     ui.edit_apply.click(
         app.edit_strokes, [*view_in, ui.edit_mode, ui.edit_subtype, ui.editor], edit_out, **quiet, **private()
     ).then(**editor, **quiet, **private())  # the strokes go once applied (the picture may not have changed)

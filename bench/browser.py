@@ -176,9 +176,13 @@ def measure(url: str, files: list[Path], repeats: int, shots: Path | None) -> di
             msk.focus()
             threshold_ms.append(timed(lambda k=k: msk.press("Home" if k % 2 == 0 else "End")))
         switch_ms = []
-        models = page.locator("#results-model label")
+        run = [t.split(" · ")[0].strip() for t in page.locator("#models label").all_inner_texts()
+               if "·" in t]  # the radio lists every model; switch among those that ran (the checked ones)
+        checked = page.eval_on_selector_all("#models input", "els => els.map(e => e.checked)")
+        names = [n for n, c in zip(run, checked) if c]
         for k in range(repeats):
-            switch_ms.append(timed(lambda k=k: models.nth((k + 1) % models.count()).click()))
+            pick = page.locator("#results-model label", has_text=names[(k + 1) % len(names)]).first
+            switch_ms.append(timed(lambda pick=pick: pick.click()))
         if shots:
             page.screenshot(path=str(shots / "bench_after.png"), full_page=True)
         browser.close()

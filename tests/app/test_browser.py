@@ -182,6 +182,7 @@ def test_phantom_button_and_teach_tab(page, tmp_path):
     page.wait_for_function("document.querySelectorAll('#heatmaps img').length == 3")
     page.wait_for_selector("#truth img")  # the phantom's truth, in subtype colours
     assert "Truth: phantom" in page.inner_text("#truth")
+    _open_corrections(page)
     page.click("#edit-no-hemorrhage")  # a person's review of this slice: counted, and undone
     page.wait_for_function("document.querySelector('#legend').innerText.includes('Reviewed 1 of')")
     page.click("#edit-undo")
@@ -201,6 +202,13 @@ def _wait_text(page, selector: str, text: str, timeout_s: float = 120) -> None:
     while text not in (seen := page.inner_text(selector)):
         assert time.monotonic() < end, f"{text!r} not in {selector}: {seen[-300:]!r}"
         page.wait_for_timeout(250)
+
+
+def _open_corrections(page) -> None:
+    """Open the corrections accordion (closed at first: visitors see the heatmaps right under the draft)."""
+    if not page.locator("#edit-apply").is_visible():
+        page.locator("#corrections > button, #corrections .label-wrap").first.click()
+    page.wait_for_selector("#edit-apply", state="visible")
 
 
 def _slider_value(page) -> int:
@@ -236,6 +244,7 @@ def test_brush_keys_reload_and_export_of_a_review(page, tmp_path):
     page.click("#phantom-2")  # IVH phantom
     page.wait_for_function("document.querySelector('#series-info').innerText.includes('IVH')")
     page.wait_for_function(DONE)
+    _open_corrections(page)
     page.click("#edit-subtype input[value='SDH']")
     first = _slider_value(page)
     _stroke(page, (0, 0), (80, 0))
