@@ -44,11 +44,14 @@ def is_labels(path: str | Path) -> bool:
         return header.get_data_dtype() == np.uint8 and (
             int(header["intent_code"]) == NIFTI_INTENT_LABEL or "label" in name
         )
-    import pydicom
-
     try:
+        with open(p, "rb") as f:
+            if f.read(132)[128:] != b"DICM":  # a SEG is written with the preamble; images are not read further
+                return False
+        import pydicom
+
         ds = pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=["Modality"])
-    except Exception:  # noqa: BLE001 - not DICOM
+    except Exception:  # noqa: BLE001 - unreadable here: the CT reader says why
         return False
     return str(ds.get("Modality", "")).upper() == "SEG"
 
