@@ -579,9 +579,7 @@ def _wire(ui: SimpleNamespace, app: App, demo: gr.Blocks) -> None:
         ).then(**mesh, **private())
     ui.results_ref.input(
         app.pick_results_model, view_in, [ui.results_ref, *sliders, *view_all], **quiet, **private()
-    ).then(
-        **mesh, **private()
-    )
+    ).then(app.curves, [ui.state, ui.results_ref], ui.curves, **quiet, **private()).then(**mesh, **private())
     gr.on([s.release for s in sliders], **mesh, trigger_mode="always_last", **private())
     # a reload (or a visit after a restart) reopens this browser's review in progress
     demo.load(app.restore, [ui.browser_key, ui.state], [ui.browser_key, ui.state, ui.info], **private()).success(

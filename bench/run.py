@@ -372,7 +372,11 @@ def browser_markdown(b: dict) -> list[str]:
         f"From `python -m bench.browser --json docs/bench_browser.json` on {b['date']}: {b['machine']}; `python app.py`"
         f" with its bundled models and default selection, headless Chromium on the same machine, {b['source']} "
         "selected together in the upload box. Each figure runs from the user's action to the last picture it changed "
-        "loaded in the page (medians over repeats).",
+        f"loaded in the page: medians over {len(b['samples']['first_heatmap_s'])} new visitors uploading the series "
+        f"(first heatmap, first draft, analysis) and {len(b['samples']['slice_ms'])} actions of each other kind on the "
+        "last visitor's page. The series' first heatmap is that of the slice on screen, computed before the rest of "
+        "the series (the same picture the whole run gives); the probability curves follow a model switch's pictures "
+        "(`ui_model_switch_curves_ms`).",
         "",
         "| figure | measured | target | met |",
         "|---|---|---|---|",
@@ -380,6 +384,7 @@ def browser_markdown(b: dict) -> list[str]:
     for key, target in b["targets"].items():
         unit = "s" if key.endswith("_s") else "ms"
         lines.append(f"| `{key}` | {b[key]:g} {unit} | <= {target:g} {unit} | {'yes' if b['met'][key] else '**no**'} |")
+    lines.append(f"| `ui_model_switch_curves_ms` | {b['ui_model_switch_curves_ms']:g} ms | - | |")
     lines.append(f"| `ui_first_draft_s` | {b['ui_first_draft_s']:g} s | - | |")
     lines.append(f"| `ui_analysis_s` | {b['ui_analysis_s']:g} s | - | |")
     return lines

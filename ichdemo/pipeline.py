@@ -189,7 +189,13 @@ def implausible_volumes(ml: dict[str, float], intracranial_ml: float | None, spa
 
 
 def analyze(
-    lm: LoadedModel, vol: Volume, *, batch_size: int = 4, method: str = "auto", progress: Progress | None = None
+    lm: LoadedModel,
+    vol: Volume,
+    *,
+    batch_size: int = 4,
+    method: str = "auto",
+    progress: Progress | None = None,
+    index: int | None = None,
 ) -> Analysis:
     """Run the network once over every slice of ``vol`` (3-slice stacks) and keep heatmaps on the source grid.
 
@@ -199,14 +205,22 @@ def analyze(
         batch_size: slices per forward pass.
         method: heatmap method for ``ichdemo.cam.heatmaps`` ("auto": Grad-CAM for gap, the LSE map for lse_unet).
         progress: called with (slices done, slices in all) after every batch.
+        index: only this slice (its stack of neighbours, as in the whole run): an Analysis of one slice, the same
+            as that slice of the whole run, for a first look while the rest runs.
     """
-    x, spec = prepare(vol.data, vol.prewindowed, lm.cfg.input_size, lm.cfg.window)
+    data = vol.data
+    if index is not None:
+        lo = max(0, index - 1)
+        data = vol.data[lo : index + 2]  # the slice and its neighbours: its 3-slice stack is the whole run's
+    x, spec = prepare(data, vol.prewindowed, lm.cfg.input_size, lm.cfg.window)
+    if index is not None:
+        x, data = x[index - lo : index - lo + 1], data[index - lo : index - lo + 1]
     total = x.shape[0]
     out = lm.run(x, batch_size, method, progress=(lambda done: progress(done, total)) if progress else None)
     t = lm.thresholds
     maps255 = maps_on_grid(out.native, t, spec)
     centre, width = lm.cfg.window
-    hu = None if vol.prewindowed else np.minimum(vol.data, np.float32(centre + width / 2))
+    hu = None if vol.prewindowed else np.minimum(data, np.float32(centre + width / 2))
     return Analysis(lm.name, out.probs, maps255, out.native.astype(np.float16), vol.spacing, t, lm.describe(), hu,
                     lm.cfg.refine)
 

@@ -37,7 +37,7 @@ from ichdemo.edits import Edits
 from ichdemo.errors import UnsupportedInputError
 from ichdemo.export.images import safe_name
 from ichdemo.metrics import binary_dice
-from ichdemo.pipeline import implausible_volumes, maps_on_grid
+from ichdemo.pipeline import Analysis, analyze, implausible_volumes, maps_on_grid
 from ichdemo.quantify import Thresholds, abc2_ml, volumes_ml
 from ichdemo.review import ReviewStore
 from ichdemo.transforms import ResizeSpec
@@ -53,9 +53,9 @@ Runner = Callable[..., dict]
 
 @dataclass
 class ResultsView:
-    """Everything the results panel shows for one model: curves, volume table, volumes and the subtypes present."""
+    """The results panel's numbers for one model (its curves: ``Session.curves``): volume table, volumes, the
+    subtypes present and warnings about implausible volumes."""
 
-    figure: Any
     rows: list[list]
     volumes_ml: dict[str, float]
     abc2_ml: dict[str, float]
@@ -376,29 +376,47 @@ class Session:
                 Algorithm 1 thresholds.
         """
         i = self.clamp_index(index)
-        base = self.base_rgb(i, window)
         out = []
         for name, ref in zip(self.display_names(refs), refs):
-            if ref not in self.analyses:
-                continue
-            a = self.analyses[ref]
-            maps = self.native_on_source(ref, i) if native else a.maps255[i]
-            n = a.native.shape[-1]
-            texts = [f"{c} {percent(a.probs[i, k])}" for k, c in enumerate(CLASSES)]
-            strip = viz.heatmap_strip(base, maps, texts, opacity, STRIP_TILE, nearest=native)
-            family = a.model_info.get("family", "")
-            cap = f"{name} ({family}, native {n}x{n}) · " + " · ".join(t.replace(" ", " p=", 1) for t in texts)
-            out.append((strip, cap))
+            if ref in self.analyses:
+                a = self.analyses[ref]
+                grid = self.thresholds.get(ref, a.thresholds) if native else None
+                out.append(self._strip(name, a, i, i, window, opacity, grid))
         return out
+
+    def first_look(
+        self, pool: ModelPool, ref: str, index: int, window: str = "paper", opacity: float = 0.5, native: bool = False
+    ) -> list[tuple[np.ndarray, str]]:
+        """``heatmap_strips`` of one model on one slice, running the network on that slice alone (``analyze`` with
+        ``index``): the same picture the whole run gives, shown while the rest of the series runs."""
+        i = self.clamp_index(index)
+        a = analyze(pool.get(ref), self.require_volume(), index=i)
+        return [self._strip(self.display_names([ref])[0], a, 0, i, window, opacity, a.thresholds if native else None)]
+
+    def _strip(
+        self, name: str, a: Analysis, k: int, index: int, window: str, opacity: float, grid: Thresholds | None
+    ) -> tuple[np.ndarray, str]:
+        """Slice ``k`` of ``a`` (slice ``index`` of the series) as a heatmap strip with its caption; ``grid``: the
+        thresholds whose scale draws the native grid (None: the smooth map Algorithm 1 thresholds)."""
+        maps = self._native_maps(a, grid, k) if grid else a.maps255[k]
+        n = a.native.shape[-1]
+        texts = [f"{c} {percent(a.probs[k, j])}" for j, c in enumerate(CLASSES)]
+        strip = viz.heatmap_strip(self.base_rgb(index, window), maps, texts, opacity, STRIP_TILE,
+                                  nearest=grid is not None)
+        family = a.model_info.get("family", "")
+        cap = f"{name} ({family}, native {n}x{n}) · " + " · ".join(t.replace(" ", " p=", 1) for t in texts)
+        return strip, cap
 
     def native_on_source(self, ref: str, index: int) -> np.ndarray:
         """(5, H, W) uint8: slice ``index``'s native heatmaps scaled like ``maps255`` and drawn on the source grid
         with nearest neighbour, so each native cell shows as a block (16x16 Grad-CAM vs 128x128 LSE)."""
         a = self.require_analysis(ref)
+        return self._native_maps(a, self.thresholds.get(ref, a.thresholds), index)
+
+    def _native_maps(self, a: Analysis, t: Thresholds, k: int) -> np.ndarray:
         vol = self.require_volume()
         spec = ResizeSpec(vol.shape[1], vol.shape[2], int(a.model_info.get("input_size", a.native.shape[-1])))
-        t = self.thresholds.get(ref, a.thresholds)
-        return maps_on_grid(a.native[index : index + 1], t, spec, nearest=True)[0]
+        return maps_on_grid(a.native[k : k + 1], t, spec, nearest=True)[0]
 
     def agreement(self, refs: Sequence[str], index: int, window: str = "paper") -> tuple[np.ndarray, list[list]]:
         """Agreement picture of the slice and pairwise agreement rows over the series (needs 2 models run)."""
@@ -436,7 +454,7 @@ class Session:
         return [n if names.count(n) == 1 else r for n, r in zip(names, refs)]
 
     def results(self, ref: str) -> ResultsView:
-        """Curves, volume table and legend of a model under its current thresholds."""
+        """Volume table and legend of a model under its current thresholds (cached until they or the edits change)."""
         a = self.require_analysis(ref)
         vol = self.require_volume()
         t = self.thresholds.get(ref, a.thresholds)
@@ -449,12 +467,16 @@ class Session:
             rows = viz.volume_rows(ml, abc, lab)
             if warnings:  # a volume no head can hold is flagged, not printed
                 rows = [[r[0], "not plausible", "not plausible", r[3]] for r in rows]
-            return ml, abc, rows, [c for c in CLASSES if ml[c] > 0], warnings
+            return rows, ml, abc, [c for c in CLASSES if ml[c] > 0], warnings
 
         revision = self.edits.revision if self.edits is not None else 0
-        ml, abc, rows, present, warnings = self._remember(("volumes", ref, t, self.refined, revision), compute)
-        fig = viz.probability_figure(a.probs, t.class_thresholds, f"{a.model}: slice probabilities")
-        return ResultsView(fig, rows, ml, abc, present, warnings)
+        return ResultsView(*self._remember(("volumes", ref, t, self.refined, revision), compute))
+
+    def curves(self, ref: str):
+        """Plotly figure of a model's slice probabilities along the series, with its class thresholds."""
+        a = self.require_analysis(ref)
+        t = self.thresholds.get(ref, a.thresholds)
+        return viz.probability_figure(a.probs, t.class_thresholds, f"{a.model}: slice probabilities")
 
     def mesh(self, ref: str):
         """3D figure of a model's masks (with the head outline) for a series."""

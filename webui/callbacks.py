@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,8 @@ def _refs(choice: Sequence[str] | str | None) -> list[str]:
     return [choice] if isinstance(choice, str) else list(choice)
 
 
+FIRST_LOOK_SLICES = 4
+"""A series longer than this shows the results model's heatmaps of the slice on screen before the rest has run."""
 VIEW_SLICE = ("overlay", "raw_overlay", "gallery", "agree", "truth")
 VIEW_SERIES = ("legend", "curves", "agree_table", "table")
 VIEW_ALL = VIEW_SLICE + VIEW_SERIES
@@ -170,9 +172,9 @@ NO_TRUTH = {"__type__": "update", "value": None, "visible": False}
 EMPTY_VIEW = (None, None, [], None, NO_TRUTH, legend_html(), None, [], [])
 
 
-def _strips(s: Session, run: list[str], i: int, window: str, heat_opacity: float, native: bool) -> list:
-    """The gallery's value: each model's heatmap strip of slice ``i`` as a picture file, with its caption."""
-    return [(s.picture(rgb), cap) for rgb, cap in s.heatmap_strips(run, i, window, heat_opacity, native)]
+def _gallery(s: Session, strips: list[tuple[Any, str]]) -> list:
+    """The gallery's value: heatmap strips (``Session.heatmap_strips``) as picture files, with their captions."""
+    return [(s.picture(rgb), cap) for rgb, cap in strips]
 
 
 def _shown(s: Session, refs: Sequence[str], results_ref: str | None) -> tuple[list[str], str | None]:
@@ -395,6 +397,12 @@ class App:
         if not todo and not fresh:
             yield (s, "All chosen models were already run.", *keep)
             return
+        if fresh and todo[:1] == [target] and s.volume.shape[0] > FIRST_LOOK_SLICES and not ZEROGPU:
+            window, _, heat_opacity, native = view[:4]  # the slice on screen first, while the series runs
+            maps = _gallery(s, s.first_look(self.pool, target, s.index, window, heat_opacity, native))
+            g = VIEW_ALL.index("gallery")  # after the slice slider, results model, upload box and 10 sliders
+            yield (s, f"Heatmaps of slice {s.index} shown; analysing the series...", *[gr.skip()] * (13 + g), maps,
+                   *[gr.skip()] * (len(VIEW_ALL) - g - 1))
         for n, ref in enumerate(todo):
 
             def step(f: float, desc: str, n: int = n) -> None:
@@ -407,7 +415,7 @@ class App:
             picked = (gr.update(value=target), gr.skip())  # the choices are every model: none goes stale
             if n == 0:  # the heatmaps first (the drafts wait for the series' anatomy), and the model's thresholds
                 window, _, heat_opacity, native = view[:4]
-                maps = _strips(s, run, s.clamp_index(s.index), window, heat_opacity, native)
+                maps = _gallery(s, s.heatmap_strips(run, s.index, window, heat_opacity, native))
                 yield (s, f"Ran 1 of {len(todo)} model(s); drawing its drafts...", gr.skip(), *picked,
                        *self._slider_values(s, target), None, None, maps, *[gr.skip()] * (len(VIEW_ALL) - 3))
             yield (s, msg, gr.skip(), *picked, *self._slider_values(s, target),  # the thresholds in force
@@ -437,17 +445,18 @@ class App:
 
     # ------------------------------------------------------------------ views
     def _view_slice(self, s: Session, run: list[str], ref: str | None, index: Any, window: str, mask_opacity: float,
-                    heat_opacity: float, native: bool, refine: bool = True, strips: bool = True) -> tuple:
+                    heat_opacity: float, native: bool, refine: bool = True, skip: Collection[str] = ()) -> tuple:
         """VIEW_SLICE: the draft (refined unless ``refine`` is off), the paper's raw Algorithm 1 beside it, every
-        model's heatmap strip (skipped unless ``strips``: thresholds do not change them) and the agreement
-        picture, and the known truth where there is one, as picture files of the session."""
+        model's heatmap strip and the agreement picture, and the known truth where there is one, as picture files
+        of the session. ``skip``: names of outputs left as they are (``gr.skip()``), not computed: what an action
+        does not change (thresholds do not change the heatmaps)."""
         s.refined = bool(refine)
         i = s.index = s.clamp_index(index)
         overlay = s.picture(s.overlay(ref, i, window, mask_opacity))
         raw = s.picture(s.overlay(ref, i, window, mask_opacity, refined=False)) if ref and s.refined else None
-        maps = _strips(s, run, i, window, heat_opacity, native) if strips else gr.skip()
-        agree, _ = s.agreement(run, i, window)
-        return overlay, raw, maps, s.picture(agree), self._truth(s, ref, i, window, mask_opacity)
+        maps = gr.skip() if "gallery" in skip else _gallery(s, s.heatmap_strips(run, i, window, heat_opacity, native))
+        agree = gr.skip() if "agree" in skip else s.picture(s.agreement(run, i, window)[0])
+        return overlay, raw, maps, agree, self._truth(s, ref, i, window, mask_opacity)
 
     def _truth(self, s: Session, ref: str | None, i: int, window: str, opacity: float) -> dict:
         """The truth picture: shown, with the slice's Dice in its label, where the series has a known truth."""
@@ -458,19 +467,20 @@ class App:
         score = "no hemorrhage in either" if dice is None else f"draft Dice {dice:.2f}"
         return gr.update(value=s.picture(pic), visible=True, label=f"Truth: {s.truth_source} · {score}")
 
-    def _view_series(self, s: Session, run: list[str], ref: str | None) -> tuple:
-        """VIEW_SERIES: legend with volumes and warnings, probability curves, agreement table, volume table."""
-        rows = s.agreement_rows(run)
+    def _view_series(self, s: Session, run: list[str], ref: str | None, skip: Collection[str] = ()) -> tuple:
+        """VIEW_SERIES: legend with volumes and warnings, probability curves, agreement table, volume table;
+        ``skip`` as in ``_view_slice``."""
+        rows = gr.skip() if "agree_table" in skip else s.agreement_rows(run)
         if ref is None:
             return legend_html(), None, rows, []
         res = s.results(ref)
         legend = legend_html(res.volumes_ml, res.present) + warnings_html(res.warnings) + review_html(s.edits)
-        return legend, res.figure, rows, res.rows
+        return legend, gr.skip() if "curves" in skip else s.curves(ref), rows, res.rows
 
     def _view_all(self, s: Session, refs: Sequence[str], results_ref: str | None, index: Any, *view: Any,
-                  strips: bool = True) -> tuple:
+                  skip: Collection[str] = ()) -> tuple:
         run, ref = _shown(s, refs, results_ref)
-        return (*self._view_slice(s, run, ref, index, *view, strips=strips), *self._view_series(s, run, ref))
+        return (*self._view_slice(s, run, ref, index, *view, skip=skip), *self._view_series(s, run, ref, skip))
 
     @ui_errors
     def render(self, state: Session | None, refs: Sequence[str], results_ref: str | None, index: float,
@@ -510,7 +520,7 @@ class App:
             s.set_thresholds(results_ref, [float(v) / 100.0 for v in sliders[:5]], sliders[5:])
         if s.volume is None:
             return (s, *EMPTY_VIEW)
-        return (s, *self._view_all(s, refs, results_ref, index, *view, strips=False))
+        return (s, *self._view_all(s, refs, results_ref, index, *view, skip={"gallery"}))
 
     @ui_errors
     def reset_thresholds(self, state: Session | None, results_ref: str | None) -> tuple:
@@ -533,10 +543,18 @@ class App:
             name = self.pool.infos[results_ref].name if results_ref in self.pool.infos else results_ref
             gr.Warning(f"{name} has not run on this series: tick it under 'Models to compare' and press Analyze.")
             return (gr.update(value=s.results_ref), *[gr.skip()] * (10 + len(VIEW_ALL)))
-        out = list(self._view_all(s, refs, results_ref, index, *view, strips=False))
-        for name in ("agree", "agree_table"):  # the agreement of the chosen models does not depend on which is shown
-            out[VIEW_ALL.index(name)] = gr.skip()
+        # the heatmaps and the agreement of the chosen models do not depend on which is shown; the curves follow
+        # (``curves``, chained) so that the drafts are drawn first
+        out = self._view_all(s, refs, results_ref, index, *view, skip={"gallery", "agree", "agree_table", "curves"})
         return (gr.skip(), *self._slider_values(s, results_ref), *out)
+
+    @ui_errors
+    def curves(self, state: Session | None, results_ref: str | None):
+        """The results model's slice probabilities along the series, with its class thresholds."""
+        s = _session(state)
+        if s.volume is None or results_ref not in s.analyses:
+            return gr.skip()
+        return s.curves(results_ref)
 
     # ------------------------------------------------------------------ corrections
     @ui_errors
@@ -575,7 +593,8 @@ class App:
         i = s.edit(results_ref, action, index, subtype, pixels, row, col)
         here = s.clamp_index(index)
         shown = i if i >= 0 else here
-        out = self._view_all(s, refs, results_ref, shown, *view, strips=shown != here)  # undo/redo: maybe elsewhere
+        same = {"curves"} | ({"gallery"} if shown == here else set())  # undo/redo may show another slice
+        out = self._view_all(s, refs, results_ref, shown, *view, skip=same)
         return (s, gr.update(value=shown), *out)
 
     @ui_errors

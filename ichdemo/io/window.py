@@ -184,9 +184,10 @@ def grey_to_hu(grey: np.ndarray, centre: float, width: float) -> np.ndarray:
         centre: window centre in HU.
         width: window width in HU (positive).
     """
-    lo = centre - width / 2.0
-    grey = np.clip(np.asarray(grey, dtype=np.float32), 0.0, GREY_MAX)
-    return (np.float32(lo) + grey * np.float32(width / GREY_MAX)).astype(np.float32)
+    hu = np.clip(np.asarray(grey, dtype=np.float32), 0.0, GREY_MAX)  # a new array, then in place: one allocation
+    hu *= np.float32(width / GREY_MAX)
+    hu += np.float32(centre - width / 2.0)
+    return hu
 
 
 def hu_to_grey(hu: np.ndarray, centre: float, width: float) -> np.ndarray:

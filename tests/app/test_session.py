@@ -21,6 +21,7 @@ from ichdemo.examples import PhantomExamples
 from ichdemo.quantify import volumes_ml
 from ichdemo.session import Session
 from ichdemo.teach import explain_slice
+from ichdemo.viz import PERCENT_FLOOR
 from webui.text import info_markdown, status_markdown
 
 SMALL_SHAPE = (8, 96, 96)  # the conftest's phantom grid (checked below)
@@ -139,7 +140,8 @@ def test_thresholds_rethreshold_without_the_network(analysed, tiny_models, monke
         total = res.rows[-1]
         assert not res.warnings and res.volumes_ml["total"] > 0
         assert total[0] == "total" and total[1] == pytest.approx(round(res.volumes_ml["total"], 3))
-        assert len(res.figure.data) == 11
+        curves = s.curves(ref)  # five subtypes, their threshold lines (now at the axis floor), the legend entry
+        assert len(curves.data) == 11 and list(curves.data[1].y) == [PERCENT_FLOOR] * 2
     finally:
         s.reset_thresholds(ref)
     assert s.thresholds[ref] == s.analyses[ref].thresholds
@@ -166,6 +168,22 @@ def test_views_for_the_current_slice(analysed, tiny_models):
     agree, rows = s.agreement(refs, 3)
     assert agree.shape == base.shape and len(rows) == 1 and rows[0][:2] == ["lse_tiny", "gap_tiny"]
     assert s.agreement(refs[:1], 3)[1] == []
+
+
+@pytest.mark.parametrize("index", [0, 3, SMALL_SHAPE[0] - 1])
+def test_first_look_is_the_whole_runs_slice(analysed, pool, tiny_models, index):
+    """The heatmaps shown before the series has run (the network on one slice and its neighbours) are those the
+    whole run gives for that slice, edge slices included (their stack repeats the edge)."""
+    s, refs = analysed, [tiny_models["lse"], tiny_models["gap"]]
+    for ref in refs:
+        (look, caption), (whole, whole_caption) = s.first_look(pool, ref, index)[0], s.heatmap_strips([ref], index)[0]
+        assert caption == whole_caption  # every probability, to the digits shown
+        assert look.shape == whole.shape and np.abs(look.astype(int) - whole).mean() < 0.05
+        one, a = ichdemo.pipeline.analyze(pool.get(ref), s.volume, index=index), s.analyses[ref]
+        assert one.maps255.shape == (1, *a.maps255.shape[1:]) and one.hu.shape == (1, *a.hu.shape[1:])
+        np.testing.assert_allclose(one.probs[0], a.probs[index], atol=1e-5)
+        assert np.abs(one.maps255[0].astype(int) - a.maps255[index]).max() <= 1  # a batch of 1 against 4: rounding
+        np.testing.assert_array_equal(one.hu[0], a.hu[index])
 
 
 def test_native_grid_shows_blocks(analysed, tiny_models):
