@@ -278,6 +278,15 @@ class Anatomy:
     skull: tuple[float, float]
     band: tuple[float, float]
     intracranial_ml: float
+    _slices: dict[tuple[int, RefineParams], _Slice] = field(default_factory=dict, repr=False, compare=False)
+
+    def candidates(self, hu: np.ndarray, s: int, row_mm: float, col_mm: float, params: RefineParams) -> _Slice:
+        """Slice ``s``'s blood-density seed regions (``_candidates``) of the series ``hu`` this anatomy was computed
+        for, kept once computed: no threshold changes them (a third of a slider move's work)."""
+        key = (s, params)
+        if key not in self._slices:
+            self._slices[key] = _candidates(hu[s], self.inside[s], s, self.band, row_mm, col_mm, params)
+        return self._slices[key]
 
 
 def anatomy(hu: Any, spacing: Any, params: RefineParams | None = None) -> Anatomy:
@@ -668,19 +677,16 @@ def _grow_back(ids: np.ndarray, blood: np.ndarray, radius_px: float) -> np.ndarr
 
 
 def _refine_slice(
-    hu2d: np.ndarray,
-    inside: np.ndarray,
+    sl: _Slice,
     draft: np.ndarray,
     maps: np.ndarray,
     gated: np.ndarray,
-    s: int,
-    band: tuple[float, float],
     spacing_rc: tuple[float, float],
     params: RefineParams,
 ) -> tuple[np.ndarray | None, tuple[slice, slice], list[Region]]:
-    """One slice with at least one gated subtype -> (labels on the intracranial box or None, the box, regions)."""
+    """One slice's candidates with at least one gated subtype -> (labels on the intracranial box or None, the box,
+    regions)."""
     row_mm, col_mm = spacing_rc
-    sl = _candidates(hu2d, inside, s, band, row_mm, col_mm, params)
     stats = _region_stats(sl, draft, maps, gated, params)
     lut, regions, ids = _decide(sl, stats, gated, row_mm * col_mm, params)
     if not regions:
@@ -755,9 +761,8 @@ def refine(
     for s in range(hu.shape[0]):
         if not gate[s].any() or not inside[s].any():
             continue  # the gate decides whether there is blood; the CT only where
-        out, box, found = _refine_slice(
-            hu[s], inside[s], raw[s] > 0, maps[s], gate[s], s, band, (row_mm, col_mm), params
-        )
+        sl = known.candidates(hu, s, row_mm, col_mm, params)
+        out, box, found = _refine_slice(sl, raw[s] > 0, maps[s], gate[s], (row_mm, col_mm), params)
         if out is not None:
             labels[s][box] = out
             regions += found
@@ -794,7 +799,7 @@ def blood_regions(
     for s in range(hu.shape[0]) if slices is None else slices:
         if not known.inside[s].any():
             continue
-        sl = _candidates(hu[s], known.inside[s], s, known.band, row_mm, col_mm, params)
+        sl = known.candidates(hu, s, row_mm, col_mm, params)
         area = np.bincount(sl.seeds.ravel(), minlength=sl.count) * (row_mm * col_mm)
         keep = area >= params.min_area_mm2
         keep[0] = False

@@ -15,6 +15,7 @@ from ichdemo.phantom import generate_phantom
 from ichdemo.refine import (
     RefineParams,
     RefineResult,
+    anatomy,
     intracranial_mask,
     refine,
     skull_threshold,
@@ -184,6 +185,20 @@ def test_gate_decides_whether_and_which(sdh_iph):
     probs[:] = 0.0  # nothing gated: no blood anywhere, whatever the draft says
     res = refine(p.hu, probs, maps, raw, C, p.spacing)
     assert not res.labels.any() and res.regions == []
+
+
+def test_a_series_anatomy_reused_across_thresholds_gives_what_a_fresh_one_does(sdh_iph):
+    """The app keeps one ``anatomy`` per series, and with it each slice's candidate regions, across slider moves:
+    re-thresholded drafts and gates must come out as a fresh refinement makes them."""
+    p = sdh_iph
+    raw, maps, probs = spilled_draft(p)
+    known = anatomy(p.hu, p.spacing)
+    for m, c in [(0, C), (40, C), (0, [0.05] * len(CLASSES)), (120, C)]:
+        moved = np.where(maps.max(axis=1) > m, raw, 0).astype(np.uint8)  # a higher mask threshold: a smaller draft
+        again = refine(p.hu, probs, maps, moved, c, p.spacing, known=known)
+        fresh = refine(p.hu, probs, maps, moved, c, p.spacing)
+        assert np.array_equal(again.labels, fresh.labels) and again.regions == fresh.regions
+    assert known._slices  # the regions were kept, and used
 
 
 def test_min_area_respected(sdh_iph):
