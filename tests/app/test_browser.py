@@ -56,10 +56,12 @@ DONE = "(t => t.includes('Ran') && !t.includes('still running') && !t.includes('
 
 PROGRESS_JS = """() => {
   window.__progress = [];
+  window.__status = [];
   new MutationObserver(() => {
     const el = document.querySelector('#status');
     const bar = el && el.querySelector('.progress-text, .progress-level, .eta-bar, .meta-text');
     if (bar) window.__progress.push(el.innerText);
+    if (el) window.__status.push([el.innerText, document.querySelectorAll('#heatmaps img').length]);
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
 
@@ -79,6 +81,9 @@ def test_upload_slider_overlay_download(page, phantom_series, tmp_path):
     page.wait_for_function("[...document.querySelectorAll('#heatmaps img')].every(i => i.complete && i.naturalWidth)")
     page.locator("#heatmaps").screenshot(path=str(tmp_path / "1b_heatmaps.png"))
     assert any("model 1 of 3" in t for t in page.evaluate("window.__progress")), "no progress bar seen"
+    # the results model's heatmaps of the slice on screen came before the series had run (a first look)
+    early = [n for t, n in page.evaluate("window.__status") if "Heatmaps of slice 4 shown; analysing" in t]
+    assert early and max(early) >= 1, "no heatmaps shown before the series had run"
     assert "8 slice(s)" in page.inner_text("#series-info")
     captions = page.inner_text("#heatmaps")  # labelled rows, full captions
     assert "lse_tiny (lse_unet, native 16x16)" in captions and "gap_tiny (gap, native 2x2)" in captions
