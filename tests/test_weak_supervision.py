@@ -12,12 +12,17 @@ per-subtype Dice pooled over their pixels (Normal left out: ~0.99 for any model)
 Measured on the shared 2-core machine, one thread per training, the two trainings side by side (see ``MEASURED``):
 the lse_unet reaches the bar with seed 0 (the test's) and seed 1, by a small margin, and beats Grad-CAM several
 times over.
+
+The two trainings are the slowest part of the suite (12-14 minutes here on 2026-12-06): tests/conftest.py starts them
+at collection (``start_trainings``), each in a fresh single-thread process, so that they run beside the other tests,
+whose waits for servers, browsers and subprocesses leave the CPUs idle; the tests below come last and read their
+scores.
 """
 
 import json
 import multiprocessing
+import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -67,19 +72,51 @@ def _train_and_score(folder: Path, overrides: dict) -> dict:
             "true_gate": results["dice"]["true_gate"]["subtype_mean"]["value"], "auroc": results["auroc"]["AVG"]}
 
 
-def _run(folder: Path, overrides: dict) -> dict:
+RUNS = {"lse_unet": {}, "gap_gradcam": GAP_OVERRIDES}
+_JOBS: dict[str, tuple[multiprocessing.process.BaseProcess, Path]] = {}
+
+
+def _job(folder: Path, overrides: dict) -> None:
+    """A training's process: its output to ``log.txt``, its scores to ``scores.json`` in ``folder``."""
+    log = os.open(folder / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
     torch.set_num_threads(1)  # on a shared 2-core machine two OpenMP threads run many times slower than one
-    return _train_and_score(folder, overrides)
+    (folder / "scores.json").write_text(json.dumps(_train_and_score(folder, overrides)))
+
+
+def start_trainings(base: Path) -> None:
+    """Start the two trainings side by side, one fresh interpreter (spawn, not fork) and one thread each, in
+    folders under ``base``; once per run."""
+    if _JOBS:
+        return
+    spawn = multiprocessing.get_context("spawn")
+    for name, overrides in RUNS.items():
+        folder = base / name
+        folder.mkdir(parents=True)
+        proc = spawn.Process(target=_job, args=(folder, overrides), name=f"weak-supervision-{name}")
+        proc.start()
+        _JOBS[name] = (proc, folder)
+
+
+def stop_trainings() -> None:
+    """End trainings still running (a run stopped before their tests)."""
+    for proc, _ in _JOBS.values():
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(10)
 
 
 @pytest.fixture(scope="module")
 def scores(tmp_path_factory):
-    base = tmp_path_factory.mktemp("weak")
-    runs = {"lse_unet": {}, "gap_gradcam": GAP_OVERRIDES}
-    # the two trainings side by side, one process and one thread each (a fresh interpreter: spawn, not fork)
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {name: pool.submit(_run, base / name, overrides) for name, overrides in runs.items()}
-        out = {name: future.result() for name, future in futures.items()}
+    start_trainings(tmp_path_factory.mktemp("weak"))  # nothing when tests/conftest.py started them
+    out = {}
+    for name, (proc, folder) in _JOBS.items():
+        proc.join()
+        if not (folder / "scores.json").exists():
+            log = (folder / "log.txt").read_text(errors="replace")[-4000:]
+            pytest.fail(f"training {name} ended with exit code {proc.exitcode} and no scores; its log ends:\n{log}")
+        out[name] = json.loads((folder / "scores.json").read_text())
     print(json.dumps(out, indent=1))
     return out
 
