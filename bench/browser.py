@@ -115,14 +115,14 @@ def start_app(port: int, log: Path) -> subprocess.Popen:
     raise RuntimeError("app.py did not start in 180 s")
 
 
-def settle(page, t0: float, timeout_s: float = 120.0, what: list[str] = PICTURES) -> float:
-    """Seconds from ``t0`` (page clock, ms) to the last stamp of ``what`` (element ids) after it, once the page is
-    quiet."""
+def settle(page, t0: float, timeout_s: float = 120.0) -> float:
+    """Seconds from ``t0`` (page clock, ms) to the last picture loaded after it, once the page is quiet (the
+    curves included)."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         stamps = page.evaluate("window.__loads")
         now = page.evaluate("performance.now()")
-        loads = [t for t, el in stamps if t > t0 and el in what]
+        loads = [t for t, el in stamps if t > t0 and el in PICTURES]
         if loads and now - max(t for t, _ in stamps) > QUIET_MS:
             return (max(loads) - t0) / 1000
         page.wait_for_timeout(50)

@@ -172,6 +172,11 @@ NO_TRUTH = {"__type__": "update", "value": None, "visible": False}
 EMPTY_VIEW = (None, None, [], None, NO_TRUTH, legend_html(), None, [], [])
 
 
+def _view_only(**changed: Any) -> tuple:
+    """VIEW_ALL's outputs with the ``changed`` ones (by name) set and every other left as it is."""
+    return tuple(changed.get(name, gr.skip()) for name in VIEW_ALL)
+
+
 def _gallery(s: Session, strips: list[tuple[Any, str]]) -> list:
     """The gallery's value: heatmap strips (``Session.heatmap_strips``) as picture files, with their captions."""
     return [(s.picture(rgb), cap) for rgb, cap in strips]
@@ -400,9 +405,8 @@ class App:
         if fresh and todo[:1] == [target] and s.volume.shape[0] > FIRST_LOOK_SLICES and not ZEROGPU:
             window, _, heat_opacity, native = view[:4]  # the slice on screen first, while the series runs
             maps = _gallery(s, s.first_look(self.pool, target, s.index, window, heat_opacity, native))
-            g = VIEW_ALL.index("gallery")  # after the slice slider, results model, upload box and 10 sliders
-            yield (s, f"Heatmaps of slice {s.index} shown; analysing the series...", *[gr.skip()] * (13 + g), maps,
-                   *[gr.skip()] * (len(VIEW_ALL) - g - 1))
+            yield (s, f"Heatmaps of slice {s.index} shown; analysing the series...",  # slider, model, box, sliders
+                   *[gr.skip()] * (3 + 10), *_view_only(gallery=maps))
         for n, ref in enumerate(todo):
 
             def step(f: float, desc: str, n: int = n) -> None:
@@ -417,7 +421,7 @@ class App:
                 window, _, heat_opacity, native = view[:4]
                 maps = _gallery(s, s.heatmap_strips(run, s.index, window, heat_opacity, native))
                 yield (s, f"Ran 1 of {len(todo)} model(s); drawing its drafts...", gr.skip(), *picked,
-                       *self._slider_values(s, target), None, None, maps, *[gr.skip()] * (len(VIEW_ALL) - 3))
+                       *self._slider_values(s, target), *_view_only(overlay=None, raw_overlay=None, gallery=maps))
             yield (s, msg, gr.skip(), *picked, *self._slider_values(s, target),  # the thresholds in force
                    *self._view_all(s, run, target, s.index, *view))
 
