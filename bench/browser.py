@@ -116,8 +116,8 @@ def start_app(port: int, log: Path) -> subprocess.Popen:
 
 
 def settle(page, t0: float, timeout_s: float = 120.0) -> float:
-    """Seconds from ``t0`` (page clock, ms) to the last picture loaded after it, once the page is quiet (the
-    curves included)."""
+    """Seconds from ``t0`` (page clock, ms) to the last picture loaded after it, once the page (curves included)
+    is quiet."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         stamps = page.evaluate("window.__loads")

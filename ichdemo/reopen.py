@@ -123,7 +123,9 @@ def review_from_files(files: Sequence[str | Path], volume: Volume) -> tuple[Edit
             statuses = json.loads(reports[0].read_text())["review"]["slices"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UnsupportedInputError(f"report.json: no per-slice review in it ({err})") from None
-        if len(statuses) != n or not set(statuses) <= set(STATUSES):
+        if not isinstance(statuses, list) or not all(isinstance(x, str) and x in STATUSES for x in statuses):
+            raise UnsupportedInputError(f"report.json: review statuses must be among {', '.join(STATUSES)}")
+        if len(statuses) != n:
             raise UnsupportedInputError(f"report.json: its review covers {len(statuses)} slices, the CT has {n}")
     edits = Edits.from_labels(labels, statuses)
     kept = edits.reviewed()

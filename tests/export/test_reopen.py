@@ -64,6 +64,10 @@ def test_labels_of_another_series_or_a_bad_report_are_refused(exported, tmp_path
     short.write_text(json.dumps({"review": {"slices": ["edited"] * 3}}))
     with pytest.raises(UnsupportedInputError, match="covers 3 slices"):
         review_from_files([nifti, short], vol)
+    for odd in (["approved"] * vol.shape[0], [{"status": "edited"}] * vol.shape[0], "edited"):
+        short.write_text(json.dumps({"review": {"slices": odd}}))
+        with pytest.raises(UnsupportedInputError, match="statuses must be among"):
+            review_from_files([nifti, short], vol)
     with pytest.raises(UnsupportedInputError, match="one label map"):
         review_from_files([nifti, seg, report], vol)
     with pytest.raises(UnsupportedInputError, match="one label map"):
