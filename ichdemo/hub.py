@@ -135,7 +135,7 @@ def bundled_names() -> list[str]:
     return sorted(p.name for p in bundled.iterdir() if (p / "config.json").is_file())
 
 
-DEFAULT_MODEL = "lse_unet_lite0_fg"
+DEFAULT_MODEL = "lse_unet_lite0_blood"
 
 
 def default_model() -> str:

@@ -5,7 +5,7 @@ Teach tab and training-time calibration and evaluation (``ichdemo.evaluation``) 
 probabilities and heatmaps are computed the same way wherever they are used.
 
 Example:
-    >>> lm = load_model("lse_unet_lite0_fg")
+    >>> lm = load_model("lse_unet_lite0_blood")
     >>> out = lm.run(x)            # x: (S, 3, size, size) windowed to [0, 1]
     >>> out.probs.shape, out.native.shape
 """

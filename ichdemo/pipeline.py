@@ -14,7 +14,7 @@ so a threshold calibrated in training means the same in the app.
    returns what it wrote and what it skipped (``Saved``).
 
 Example:
-    >>> lm = load_model("lse_unet_lite0_fg")
+    >>> lm = load_model("lse_unet_lite0_blood")
     >>> vol = load_volume("series.zip")
     >>> analysis = analyze(lm, vol)
     >>> labels = analysis.labels()                      # (S, H, W) uint8 with the model's calibrated thresholds

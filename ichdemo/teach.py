@@ -142,7 +142,7 @@ def explain_slice(
 def _r_effect(base, one: _Slice, k: int, r_values, model_r: float, mean: bool, cls: str):
     """Weight maps softmax(r f) for a few r, captioned with how concentrated they are, and the pooling curve."""
     f = one.f0[k]
-    pooled = f[np.isfinite(f)]  # the cells LSE pools over (the head only, for foreground pooling)
+    pooled = f[np.isfinite(f)]  # the cells LSE pools over (a pool_region model: its region only)
     out = []
     top = max(1, round(pooled.size * 0.01))
     for r in r_values:

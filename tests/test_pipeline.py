@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ichdemo.catalogue import ModelPool
 from ichdemo.cli import main
@@ -24,6 +25,7 @@ CLASS_T, MASK_T = (0.0,) * 5, (100.0,) * 5
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    torch.manual_seed(0)  # the same untrained model whichever test ran first (loading a model draws random numbers)
     model = create_model("lse_unet_mobilenetv3_small_050", pretrained=False)
     return save_pretrained(model, tmp_path_factory.mktemp("m") / "lse_tiny", {"input_size": [3, SIZE, SIZE]})
 
@@ -104,7 +106,11 @@ def test_refined_drafts_are_the_same_in_the_app_and_the_cli(model_dir, phantom_d
 def test_the_same_ct_as_dicom_jpeg_and_hu_png_gives_the_same_drafts(tmp_path):
     """One CT sent three ways with nothing declared: DICOM (HU), the CT-ICH JPEGs' 40/120 brain window, and a PNG
     whose grey level is the HU. The image forms are read back to HU through their estimated window, so the bundled
-    default model's heatmaps and refined drafts match the DICOM run (every class gate open, to draft the most)."""
+    default model's heatmaps and refined drafts match the DICOM run (every class gate open, to draft the most).
+
+    512 px slices, a CT's matrix: the model's 256 px input then averages the JPEG's 8 x 8 block artefacts as it does
+    for real scans. On 256 px slices they reach the network unsmoothed, and the default's maps correlate 0.90-0.98
+    with the DICOM run's (the previous default's, pooled over the whole head: 0.975-0.996)."""
     import cv2
 
     from ichdemo import hub
@@ -119,7 +125,7 @@ def test_the_same_ct_as_dicom_jpeg_and_hu_png_gives_the_same_drafts(tmp_path):
     t = lm.thresholds.replace(class_thresholds=(0.0,) * 5)
     overlap = {"jpg": np.zeros(3), "png": np.zeros(3)}  # pooled (both, image form, DICOM) draft pixels
     for seed, subtypes in ((3, ("IPH", "SDH")), (5, ("IVH", "SAH")), (7, ("IPH", "EDH"))):
-        p = generate_phantom(seed, subtypes, shape=(12, 256, 256))
+        p = generate_phantom(seed, subtypes, shape=(12, 512, 512))
         case = tmp_path / str(seed)
         write_dicom_series(p.hu, p.spacing, case / "dcm")
         for form in ("jpg", "png"):
@@ -134,8 +140,8 @@ def test_the_same_ct_as_dicom_jpeg_and_hu_png_gives_the_same_drafts(tmp_path):
             assert vol.meta["input_window"]["name"] == ("ctich" if form == "jpg" else "hu")
             a = analyze(lm, vol)
             corr = np.corrcoef(ref.maps255.ravel().astype(np.float32), a.maps255.ravel().astype(np.float32))[0, 1]
-            assert corr >= 0.95, (seed, form, corr)  # measured 0.975-0.996
+            assert corr >= 0.95, (seed, form, corr)  # measured 0.984-0.998
             draft = a.labels(t) > 0
             overlap[form] += [(draft & ref_draft).sum(), draft.sum(), ref_draft.sum()]
     for form, (both, mine, theirs) in overlap.items():
-        assert 2 * both / (mine + theirs) >= 0.85, form  # measured 0.958 (jpg), 0.959 (png)
+        assert 2 * both / (mine + theirs) >= 0.85, form  # measured 0.998 (jpg), 0.999 (png)

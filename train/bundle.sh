@@ -4,7 +4,8 @@
 #   bash train/bundle.sh [path/to/ct-ich]          (default ../shared/data/ct-ich; about 1-2 h on 2 CPU cores)
 # Steps per model: train (patients 77-81 held out) -> calibrate -> evaluate on 77-81 -> copy -> model card.
 # STAGE=post bash train/bundle.sh   skips training and redoes calibrate/evaluate/copy/card from runs/.
-# ONLY=fg bash train/bundle.sh      only the bundled default, checkpoints/lse_unet_lite0_fg (about 20 min).
+# ONLY=blood bash train/bundle.sh   only the bundled default, checkpoints/lse_unet_lite0_blood (about 35 min).
+# ONLY=fg bash train/bundle.sh      only checkpoints/lse_unet_lite0_fg, the default before it (about 20 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="ctich:${1:-../shared/data/ct-ich}"
@@ -13,6 +14,12 @@ COMMON=(--data "$DATA" --input-size 256 --batch-size 16 --test-patients 77,78,79
         --threads 1 --progress false --seed 0)
 
 source train/bundle_lib.sh  # bundle RUN NAME
+
+if [ "${ONLY:-}" = blood ]; then  # LSE (log-mean) over blood density in the skull (ctich_lse_unet_blood_cpu.yaml)
+  [ "${STAGE:-all}" = all ] && $PY -m train.train --config train/configs/ctich_lse_unet_blood_cpu.yaml --data "$DATA"
+  bundle runs/ctich_blood lse_unet_lite0_blood
+  exit 0
+fi
 
 if [ "${ONLY:-}" = fg ]; then  # LSE over the head only, frozen ImageNet encoder (train/configs/ctich_lse_unet_fg_cpu.yaml)
   [ "${STAGE:-all}" = all ] && $PY -m train.train --config train/configs/ctich_lse_unet_fg_cpu.yaml --data "$DATA"

@@ -1,4 +1,4 @@
-"""python -m train.finetune --model checkpoints/lse_unet_lite0_fg --series CT --labels LABELS --out runs/tuned
+"""python -m train.finetune --model checkpoints/lse_unet_lite0_blood --series CT --labels LABELS --out runs/tuned
 python -m train.finetune --simulate [--ks 1,3,5] [--json docs/finetune.json] [--md docs/RESULTS.md]
 
 Learning from a person's corrections (issue 17). An annotator's corrected slices are strong pixel labels; this

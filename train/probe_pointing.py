@@ -12,6 +12,8 @@ one), ``chance`` (the share of the intracranial area that the blood regions cove
 what a peak dropped at random inside the skull would score), ``in_skull`` (peak inside the skull), ``flat_maps``
 (slices whose map is zero everywhere: no peak, counted as misses), and the
 validation slice AUROC computed the same way for every model (uncached float input, all validation slices).
+Beside them, for the data alone, ``blood_share``: the mean share of the skull interior that the blood regions cover
+on the positive and on the negative validation slices (how much the density alone says about where the blood is).
 
 Everything is on the model's input grid (``--size``, letterboxed): HU = grey * 120 - 20 (CT-ICH's 40/120 JPEGs),
 spacing (5, px, px) with px from ``ichdemo.io.spacing.estimate_in_plane_mm`` on that grid. Slices without any blood
@@ -113,6 +115,12 @@ def pointing(model_dir: Path, data: SliceStackDataset, rows: list[int], blood: d
     }
 
 
+def _share(blood: dict[int, np.ndarray], inside: dict[int, np.ndarray]) -> float | None:
+    """Mean share of the skull interior covered by blood regions, over the slices that have an interior."""
+    shares = [float(blood[r].sum() / inside[r].sum()) for r in blood if inside[r].any()]
+    return float(np.mean(shares)) if shares else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.probe_pointing", description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", required=True, help="model folder (repeat to compare several)")
@@ -136,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = data.labels
     rows = [r for r in range(len(data)) if labels[r].any()]
     blood, inside = truth_regions(data, rows)
+    negative = truth_regions(data, [r for r in range(len(data)) if not labels[r].any()])
     results = {"split": args.split, "val_patients": list(split.val), "val_slices": len(data),
+               "blood_share": {"positive": _share(blood, inside), "negative": _share(*negative)},
                "models": [pointing(Path(m), data, rows, blood, inside, args.tolerance) for m in args.model]}
     results["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(results, indent=2)

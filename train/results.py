@@ -18,6 +18,9 @@ from ichdemo.constants import CLASSES, RESEARCH_NOTICE
 from train.evaluate import POINTING_TOLERANCE_PX
 from train.report import fmt
 
+POOLED = {"foreground": ", head only", "intracranial": ", skull interior", "blood": ", blood density in the skull"}
+"""What an LSE-UNet's ``pool_region`` pools over, as the table says it (the whole image says nothing)."""
+
 
 def _epochs_run(folder: Path) -> str:
     """Epochs actually run per stage (history.json; a time limit can end a stage early), e.g. "main 10 (time
@@ -48,7 +51,7 @@ def describe(folder: Path) -> dict:
         "init": ("scratch" if str(train_cfg.get("pretrained", "none")) == "none" else "ImageNet")
                 + (", frozen" if train_cfg.get("freeze_encoder") else ""),
         "lse": (("log-mean" if args.get("lse_mean") else "log-sum")
-                + (", head only" if args.get("pool_region") == "foreground" else "")) if lse else "-",
+                + POOLED.get(args.get("pool_region"), "")) if lse else "-",
         "hloss": ("yes" if train_cfg.get("hloss", True) else "no") if lse else "-",
         "epochs": prov.get("epochs"),
         "ran": _epochs_run(folder),

@@ -6,7 +6,7 @@ input size), how to read its output (heatmap stride, thresholds) and where it ca
 missing entry falls back to the same value everywhere.
 
 Example:
-    >>> cfg = ModelConfig.read("checkpoints/lse_unet_lite0_fg")
+    >>> cfg = ModelConfig.read("checkpoints/lse_unet_lite0_blood")
     >>> cfg.input_size, cfg.window, cfg.heatmap_size, cfg.thresholds.class_thresholds
 """
 

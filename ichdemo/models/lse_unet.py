@@ -39,6 +39,16 @@ enclosure test: a convex-ish ring fills exactly, concavities of the skull base f
 and not air. Scalp, skull and the air around the head are never pooled, so evidence written there cannot raise a
 logit. Built from fixed-size max pooling, cumulative sums and flips only, so the model stays ONNX-exportable (opset
 11 or later). An image without an enclosed interior (no skull in the slice) falls back to the ``"foreground"`` cells.
+
+``pool_region="blood"`` (not in the paper) narrows it once more, to the pixels inside the skull whose density could be
+acute blood (``blood_mask``: the middle slice, smoothed over 3 x 3 pixels, within ``BLOOD_LEVELS``; a two-pixel rim at
+the inner table left out, where the bone's partial volume passes through the band). Hemorrhage on non-contrast CT is
+never outside that band, so a slice's logit can only come from a place that could hold blood, and the slice labels
+teach the network which of those places do: negative slices hold as much blood-density area as positive ones
+(CT-ICH training patients: about 250 mm^2 per slice in both, mostly partial volume at the skull base and the
+tentorium, dural sinuses and grey matter read dense), so the density alone does not say which. This is multiple-
+instance learning over the CT's own candidates, in the spirit of the refinement (``ichdemo.refine``) but learned.
+A slice without such pixels falls back to its skull interior, then to the head.
 """
 
 from __future__ import annotations
@@ -72,13 +82,17 @@ ENCODERS: tuple[str, ...] = (
 
 LEVEL_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 
-POOL_REGIONS: tuple[str, ...] = ("image", "foreground", "intracranial")
+POOL_REGIONS: tuple[str, ...] = ("image", "foreground", "intracranial", "blood")
 FOREGROUND_LEVEL = 0.02
 """Grey level in [0, 1] (about 5 of 255) above which an input pixel is head rather than air."""
 
 BONE_LEVEL = 0.97
 """Grey level in [0, 1] at or above which an input pixel is bone (``pool_region="intracranial"``): 96 HU in CT-ICH's
 40/120 window, above which only bone and calcification lie (acute blood is 50 to 90 HU)."""
+
+BLOOD_LEVELS = (0.58, 0.96)
+"""Grey levels in [0, 1] of acute blood (50 to 95 HU, ``ichdemo.refine.RefineParams.blood_hu``) in the 40/120 window
+the models see (HU = 120 * grey - 20): ``pool_region="blood"`` pools only where the smoothed middle slice lies in it."""
 
 BONE_CLOSE_PX = 2
 """Bone is dilated by this many pixels before the enclosure test, so that a thin or JPEG-broken stretch of skull
@@ -130,6 +144,24 @@ def intracranial_mask(unit: torch.Tensor, bone_level: float = BONE_LEVEL, close_
     if close_px > 0:  # back out to the inner table: the closing cost the brain a band of close_px pixels
         inside = F.max_pool2d(inside, kernel_size=2 * close_px + 1, stride=1, padding=close_px)
     return (inside > 0) & ~bone & (unit > FOREGROUND_LEVEL)
+
+
+def blood_mask(unit: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Pixels of acute-blood density inside the skull: grey levels (B, 1, H, W) in [0, 1] of the 40/120 window and
+    the skull interior (``intracranial_mask``) -> (B, 1, H, W) bool (module docstring). Fixed-size ops only (ONNX)."""
+    smooth = F.avg_pool2d(unit, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+    core = -F.max_pool2d(-inside.float(), kernel_size=5, stride=1, padding=2)  # two pixels off the inner table
+    return (core > 0) & (smooth >= BLOOD_LEVELS[0]) & (smooth <= BLOOD_LEVELS[1])
+
+
+def _first_found(*masks: torch.Tensor) -> torch.Tensor:
+    """Per image, the first of the (B, 1, H, W) float masks that holds a pixel (the last one otherwise); arithmetic
+    rather than indexing, so that ONNX Runtime sees fixed shapes."""
+    out = masks[-1]
+    for m in reversed(masks[:-1]):
+        found = m.flatten(1).amax(dim=1)[:, None, None, None]
+        out = found * m + (1.0 - found) * out
+    return out
 
 
 def select_levels(reductions: Sequence[int]) -> list[int]:
@@ -261,17 +293,18 @@ class LseUnet(nn.Module):
         )
 
     def regions(self, x: torch.Tensor, maps: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-        """Per level, the (B, 1, h_k, w_k) cells pooled over (``pool_region="foreground"`` or ``"intracranial"``;
-        all of them for an image without head), else None."""
+        """Per level, the (B, 1, h_k, w_k) cells pooled over (``pool_region`` "foreground", "intracranial" or
+        "blood"; all of them for an image without head), else None."""
         if self.pool_region == "image":
             return None
         c = x.shape[1] // 2  # the middle slice of the stack
         unit = x[:, c : c + 1].float() * self.ich_cfg["std"][c] + self.ich_cfg["mean"][c]
         head = (unit > FOREGROUND_LEVEL).float()
         if self.pool_region == "intracranial":
-            inside = intracranial_mask(unit).float()
-            found = inside.flatten(1).amax(dim=1)[:, None, None, None]  # 1.0 where the slice has a skull interior
-            head = found * inside + (1.0 - found) * head  # else the head, as "foreground" (float: ONNX Runtime)
+            head = _first_found(intracranial_mask(unit).float(), head)  # else the head, as "foreground"
+        elif self.pool_region == "blood":
+            inside = intracranial_mask(unit)
+            head = _first_found(blood_mask(unit, inside).float(), inside.float(), head)
         regions = []
         for stride, f in zip(LEVEL_STRIDES, maps):
             cells = F.max_pool2d(head, kernel_size=stride, stride=stride, ceil_mode=True)  # constant sizes: ONNX
@@ -282,7 +315,7 @@ class LseUnet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Output:
         """x (B, in_chans, H, W) normalised -> ``Output`` with logits (B, C), maps [f0..f3], level_logits [l0..l3]
-        and, with ``pool_region`` "foreground" or "intracranial", the pooled cells of each level."""
+        and, with a ``pool_region`` other than "image", the pooled cells of each level."""
         return self.decode(x, self.encode(x))
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:

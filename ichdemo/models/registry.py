@@ -47,8 +47,8 @@ class Output:
         maps: ``lse_unet`` only: per-level score maps [f0, f1, f2, f3], f0 at H/4 x W/4, each (B, C, h_k, w_k).
         level_logits: ``lse_unet`` only: LSE-pooled logits of each level, [l0, l1, l2, l3], each (B, C);
             ``logits`` is ``level_logits[0]``.
-        regions: ``lse_unet`` with ``pool_region="foreground"`` only: per level, the (B, 1, h_k, w_k) bool cells
-            its LSE pooled over (the head); None when the whole image is pooled.
+        regions: ``lse_unet`` with a ``pool_region`` other than "image" only: per level, the (B, 1, h_k, w_k) bool cells
+            its LSE pooled over; None when the whole image is pooled.
     """
 
     logits: torch.Tensor

@@ -259,15 +259,48 @@ def test_intracranial_pooling_ignores_scalp_skull_and_air():
     assert (raised > before[0] + 10).all()
 
 
-def test_intracranial_falls_back_to_the_head_without_a_skull():
+@pytest.mark.parametrize("subtypes", [("IPH",), ("SDH",)])
+def test_blood_mask_is_the_phantom_lesion_not_the_brain(subtypes):
+    """pool_region="blood" pools where the CT could hold acute blood: the phantom's lesion (an IPH deep in the brain,
+    an SDH along the inner table) and almost none of the brain around it; never outside the skull."""
+    from ichdemo.models.lse_unet import blood_mask, intracranial_mask
+
+    unit, m = _phantom_unit(256, subtypes)
+    mid = unit[:, 1:2]
+    inside = intracranial_mask(mid)
+    blood = blood_mask(mid, inside)[0, 0].numpy()
+    assert not (blood & ~inside[0, 0].numpy()).any()
+    lesion = m["lesion"]
+    assert lesion.sum() > 50 and blood[lesion].mean() > 0.6  # a two-pixel rim at the inner table is left out
+    brain = m["brain"] & ~lesion
+    assert (blood & brain).sum() < 0.05 * brain.sum()  # 20-45 HU brain lies below the band
+    assert (blood & lesion).sum() > 0.5 * blood.sum()  # most of what is pooled is the lesion
+
+
+def test_blood_pooling_lies_within_the_skull_interior():
     from ichdemo.models.registry import normalize_input
 
-    model = create_model(TINY, pool_region="intracranial").eval()
+    torch.manual_seed(0)
+    model = create_model(TINY, pool_region="blood", lse_mean=False).eval()
+    inner = create_model(TINY, pool_region="intracranial", lse_mean=False).eval()
+    inner.load_state_dict(model.state_dict())
+    unit, m = _phantom_unit()
+    x = normalize_input(unit, model.ich_cfg)
+    with torch.no_grad():
+        for b, i in zip(model(x).regions, inner(x).regions):
+            assert b.any() and not (b & ~i).any() and b.sum() < 0.5 * i.sum()
+
+
+@pytest.mark.parametrize("region", ["intracranial", "blood"])
+def test_skull_regions_fall_back_to_the_head_without_a_skull(region):
+    from ichdemo.models.registry import normalize_input
+
+    model = create_model(TINY, pool_region=region).eval()
     fg = create_model(TINY, pool_region="foreground").eval()
     fg.load_state_dict(model.state_dict())
     unit = torch.zeros(2, 3, 128, 128)
     unit[0, :, 40:90, 30:100] = 0.5  # soft tissue, no bone: the head as "foreground" has it
-    unit[1, :, 20:108, 20:108] = 1.0  # a skull ring around brain
+    unit[1, :, 20:108, 20:108] = 1.0  # a skull ring around brain, no blood density in it: the whole interior
     unit[1, :, 26:102, 26:102] = 0.5
     x = normalize_input(unit, model.ich_cfg)
     with torch.no_grad():
@@ -277,13 +310,14 @@ def test_intracranial_falls_back_to_the_head_without_a_skull():
     assert ring[7:25, 7:25].all() and not ring[:5].any() and ring.sum() < ref[0][1, 0].sum()
 
 
-def test_intracranial_model_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("region", ["intracranial", "blood"])
+def test_skull_region_models_export_to_onnx(tmp_path, region):
     pytest.importorskip("onnxruntime")
     from ichdemo.models.registry import normalize_input
     from ichdemo.onnx_model import OnnxModel, export_onnx
 
     torch.manual_seed(0)
-    model = create_model(TINY, pool_region="intracranial").eval()
+    model = create_model(TINY, pool_region=region).eval()
     path = export_onnx(model, tmp_path / "m.onnx", 128)
     unit, _ = _phantom_unit()
     plain = torch.zeros(1, 3, 128, 128)
