@@ -115,9 +115,9 @@ def pointing(model_dir: Path, data: SliceStackDataset, rows: list[int], blood: d
     }
 
 
-def _share(blood: dict[int, np.ndarray], inside: dict[int, np.ndarray]) -> float | None:
-    """Mean share of the skull interior covered by blood regions, over the slices that have an interior."""
-    shares = [float(blood[r].sum() / inside[r].sum()) for r in blood if inside[r].any()]
+def _share(blood: dict[int, np.ndarray], inside: dict[int, np.ndarray], rows: list[int]) -> float | None:
+    """Mean share of the skull interior covered by blood regions, over the ``rows`` that have an interior."""
+    shares = [float(blood[r].sum() / inside[r].sum()) for r in rows if inside[r].any()]
     return float(np.mean(shares)) if shares else None
 
 
@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     data = SliceStackDataset(source.select(split.val), args.size, cache=False)
     labels = data.labels
     rows = [r for r in range(len(data)) if labels[r].any()]
-    blood, inside = truth_regions(data, rows)
-    negative = truth_regions(data, [r for r in range(len(data)) if not labels[r].any()])
+    blood, inside = truth_regions(data, list(range(len(data))))  # one anatomy per series for both shares
+    negative = [r for r in range(len(data)) if not labels[r].any()]
     results = {"split": args.split, "val_patients": list(split.val), "val_slices": len(data),
-               "blood_share": {"positive": _share(blood, inside), "negative": _share(*negative)},
+               "blood_share": {"positive": _share(blood, inside, rows), "negative": _share(blood, inside, negative)},
                "models": [pointing(Path(m), data, rows, blood, inside, args.tolerance) for m in args.model]}
     results["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(results, indent=2)
