@@ -178,7 +178,8 @@ def gradcam(model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None) -
 
 
 def lse_heatmaps(model: nn.Module, x: torch.Tensor) -> CamResult:
-    """The ``lse_unet`` heatmaps from one forward pass, no backward: raw = ReLU(pixel logits).
+    """The ``lse_unet`` heatmaps from one forward pass, no backward: raw = ReLU(pixel logits - the model's
+    ``map_floor``, 0 unless calibrated otherwise: ``ichdemo.models.lse_unet``).
 
     ``pixel_logits`` = ``r * f_0 (+ log n without lse_mean)``: each pixel's logit on the scale of the slice logit
     (a map that is constant c at every one of the n positions pools to exactly that value). LSE pooling lies
@@ -207,7 +208,7 @@ def lse_result(model: nn.Module, out: Any, size: tuple[int, int]) -> CamResult:
         if not model.lse_mean:  # per image
             pixel_logits = pixel_logits + torch.log(region.sum(dim=(-2, -1), keepdim=True).float())
         pixel_logits = pixel_logits.masked_fill(~region, OUTSIDE)  # cells outside carry no evidence
-    return make_result(F.relu(pixel_logits), out.logits, size, "lse", pixel_logits=pixel_logits)
+    return make_result(F.relu(pixel_logits - model.map_floor), out.logits, size, "lse", pixel_logits=pixel_logits)
 
 
 class _Logits(nn.Module):

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -190,14 +191,16 @@ def load_model(ref: str | Path, device: str | torch.device | None = None, runtim
 
 
 def _onnx_file(lm: LoadedModel) -> Path:
-    """The checkpoint's own model.onnx, else an export of it cached by weights digest and input size."""
+    """The checkpoint's own model.onnx, else an export of it cached by weights digest, model arguments (the
+    heatmap's ``map_floor`` among them) and input size."""
     from ichdemo.onnx_model import export_onnx
 
     own = lm.ref.folder / "model.onnx"
     if own.is_file():
         return own
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ichdemo" / "onnx"
-    path = cache / f"{lm.weights_sha256[:16]}_{lm.cfg.input_size}.onnx"
+    args = hashlib.sha256(json.dumps(lm.cfg.model_args, sort_keys=True).encode()).hexdigest()
+    path = cache / f"{lm.weights_sha256[:16]}_{args[:8]}_{lm.cfg.input_size}.onnx"
     if not path.is_file():
         with atomic_path(path, suffix=".onnx") as tmp:
             export_onnx(lm.model.cpu(), tmp, lm.cfg.input_size)

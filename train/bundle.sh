@@ -17,7 +17,7 @@ source train/bundle_lib.sh  # bundle RUN NAME
 
 if [ "${ONLY:-}" = blood ]; then  # LSE (log-mean) over blood density in the skull (ctich_lse_unet_blood_cpu.yaml)
   [ "${STAGE:-all}" = all ] && $PY -m train.train --config train/configs/ctich_lse_unet_blood_cpu.yaml --data "$DATA"
-  bundle runs/ctich_blood lse_unet_lite0_blood
+  CALIBRATE_ARGS="--map-floor gate" bundle runs/ctich_blood lse_unet_lite0_blood
   exit 0
 fi
 

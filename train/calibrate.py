@@ -9,7 +9,10 @@ Calibrate Algorithm 1 for a trained checkpoint and write the result into its con
   that need no annotation: the CT's own blood-density regions inside the skull on the slices labelled positive
   (``ichdemo.refine.blood_regions``, what refined drafts can at best become);
 - with ``--scale-mode fixed`` the per-class heatmap scale too (median peak on positive validation slices);
-  ``compare`` calibrates both scale modes and keeps the one with the higher Dice (both scores are recorded).
+  ``compare`` calibrates both scale modes and keeps the one with the higher Dice (both scores are recorded);
+- with ``--map-floor gate`` (LSE U-Nets) the heatmap's per-class floor: the logit of the class threshold just found,
+  written into ``model_args`` (``ichdemo.models.lse_unet``, ``map_floor``), before the mask thresholds are searched on
+  the maps it gives. ``paper`` (the default) sets it to 0.
 
 Which patients: when ``--data`` is the data the model was trained on, the split saved with the checkpoint is used
 (``--class-part`` default val); ``--split provenance`` rebuilds it from the training settings recorded in
@@ -131,17 +134,27 @@ def calibrate(
     batch_size: int = 16,
     write: bool = True,
     split_mode: str = "auto",
+    map_floor: str = "paper",
 ) -> dict[str, Any]:
     """Calibrate and (``write``) store the thresholds in ``model_dir``/config.json; returns the report."""
     model_dir = Path(model_dir)
     if scale_mode not in ("image", "fixed", "compare"):
         raise ConfigError(f"--scale-mode must be image, fixed or compare, got {scale_mode!r}")
+    if map_floor not in ("paper", "gate"):
+        raise ConfigError(f"--map-floor must be paper or gate, got {map_floor!r}")
     model, config = load_pretrained(model_dir, map_location=device)
+    if map_floor == "gate" and getattr(model, "family", None) != "lse_unet":
+        raise ConfigError("--map-floor gate needs an lse_unet model (Grad-CAM maps have no pixel logits)")
     size = ModelConfig.from_dict(config).input_size
     source, split = open_for_model(model_dir, spec, config, split_mode)
     cls_data = part_dataset(source, split, class_part, size)
-    cls_pred = predict(model, cls_data, maps=True, batch_size=batch_size, device=device)
+    cls_pred = predict(model, cls_data, maps=map_floor == "paper", batch_size=batch_size, device=device)
     c, youden = class_thresholds(cls_pred)
+    if hasattr(model, "set_map_floor"):
+        p = np.clip(c, 1e-6, 1 - 1e-6)
+        model.set_map_floor(np.log(p / (1 - p)) if map_floor == "gate" else None)
+    if map_floor == "gate":  # the maps on the new floor
+        cls_pred = predict(model, cls_data, maps=True, batch_size=batch_size, device=device)
     part, mask_pred = _mask_predictions(model, source, split, mask_part, class_part, cls_data, cls_pred, size,
                                         batch_size, device)
     candidates = []
@@ -162,6 +175,7 @@ def calibrate(
         "youden": youden, "grid_search": {k: v for k, v in table.items() if k not in ("curves", "class_dice")},
         "curves": table["curves"], "class_dice": table["class_dice"],
         "scale_modes": {t.scale_mode: s for s, t, _ in candidates}, "chosen_scale_mode": best.scale_mode,
+        "map_floor": map_floor,
         "summary": f"class thresholds: Youden's J on the {len(cls_pred.items)} slices of the {class_part} patients; "
                    f"mask thresholds: joint grid search maximising Dice on {part} ({len(mask_pred.items)} slices, "
                    f"Dice {score:.3f}); patients held out of training never used",
@@ -170,6 +184,8 @@ def calibrate(
         config = json.loads((model_dir / "config.json").read_text())
         config["thresholds"] = best.to_dict()
         config["calibration"] = _jsonable(report)
+        if hasattr(model, "set_map_floor"):
+            config["model_args"]["map_floor"] = model.ich_cfg["model_args"]["map_floor"]
         # the refinement's settings: physical values (ichdemo.refine), written out so the checkpoint says what it uses
         config["refine"] = ModelConfig.from_dict(config).refine.to_dict()
         write_text(model_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -249,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(auto: the class part's masks, else pseudo-masks on it; test only when named)")
     p.add_argument("--scale-mode", default="image", help="heatmap scale: image (paper), fixed, or compare (keep the "
                    "better)")
+    p.add_argument("--map-floor", default="paper", choices=("paper", "gate"),
+                   help="LSE U-Net heatmap floor: paper (pixel logit 0) or gate (the logit of the class threshold)")
     p.add_argument("--grid", type=_grid, default=PAPER_GRID, help="mask threshold grid (default 25,50,...,200)")
     p.add_argument("--split", default="auto", help=SPLIT_HELP)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -262,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rep = calibrate(args.model, args.data, args.class_part, args.mask_part, args.scale_mode, args.grid,
-                        args.device, args.batch_size, write=not args.dry_run, split_mode=args.split)
+                        args.device, args.batch_size, write=not args.dry_run, split_mode=args.split,
+                        map_floor=args.map_floor)
     except IchdemoError as err:
         if args.debug:
             raise

@@ -50,6 +50,14 @@ labelled free of it (``python -m train.probe_pointing``; partial volume at the s
 matter reading dense). This is multiple-instance learning over the CT's own candidates, in the spirit of the
 refinement (``ichdemo.refine``) but learned.
 A slice without such pixels falls back to its skull interior, then to the head.
+
+``map_floor`` (not in the paper; per class, default 0) is the pixel logit at which the heatmap starts: raw =
+ReLU(pixel logit - floor) (``ichdemo.cam.lse_heatmaps``). At 0, as in the paper's Grad-CAM argument, a pixel shows
+evidence only where it alone would call the slice positive (p > 0.5), so a subtype whose calibrated class threshold
+lies far below 0.5 opens Algorithm 1's gate on a map that is zero everywhere: no peak, no draft. ``train.calibrate
+--map-floor gate`` sets it to the logit of the class threshold c_k instead. The LSE-pooled logit never exceeds the
+largest pixel logit, so a slice whose gate opens then always has a heatmap, and its zero is the gate's decision
+boundary. A constant of the model (a non-persistent buffer, written in ``model_args``), so the ONNX export carries it.
 """
 
 from __future__ import annotations
@@ -240,11 +248,16 @@ class LseUnet(nn.Module):
         decoder_channels: Sequence[int] | None = None,
         se_ratio: float = 1.0 / 16,
         pool_region: str = "image",
+        map_floor: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if pool_region not in POOL_REGIONS:
             raise ModelError(f"pool_region={pool_region!r}; use one of {POOL_REGIONS}")
         self.pool_region = pool_region
+        floor = torch.zeros(num_classes) if map_floor is None else torch.as_tensor(map_floor, dtype=torch.float32)
+        if floor.shape != (num_classes,):
+            raise ModelError(f"map_floor needs {num_classes} values, got {list(floor.shape)}")
+        self.register_buffer("map_floor", floor.view(1, num_classes, 1, 1), persistent=False)
         source = weights_source(pretrained)
         self.encoder, self.feature_indices = _build_encoder(encoder, source == "timm", in_chans)
         self.load_report: LoadReport | None = None
@@ -266,9 +279,15 @@ class LseUnet(nn.Module):
             for k in range(len(LEVEL_STRIDES))
         )
         self.cam_layer = self.levels[0].head
-        self._describe(encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source)
+        self._describe(encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source, map_floor)
 
-    def _describe(self, encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source) -> None:
+    def set_map_floor(self, floor: Sequence[float] | None) -> None:
+        """Set the heatmap's per-class floor (pixel logits; None: 0, the paper) and record it in ``model_args``."""
+        values = torch.zeros(self.map_floor.numel()) if floor is None else torch.as_tensor(floor, dtype=torch.float32)
+        self.map_floor.copy_(values.view_as(self.map_floor))
+        self.ich_cfg["model_args"]["map_floor"] = None if floor is None else [float(v) for v in values]
+
+    def _describe(self, encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source, map_floor) -> None:
         pcfg = self.encoder.pretrained_cfg
         describe_model(
             self,
@@ -283,6 +302,7 @@ class LseUnet(nn.Module):
                 "decoder_channels": list(decoder_channels) if decoder_channels else None,
                 "se_ratio": se_ratio,
                 "pool_region": self.pool_region,
+                "map_floor": None if map_floor is None else [float(v) for v in map_floor],
             },
             mean=pcfg.get("mean", (0.485, 0.456, 0.406)),
             std=pcfg.get("std", (0.229, 0.224, 0.225)),
@@ -367,10 +387,11 @@ def lse_unet(
     decoder_channels: Sequence[int] | None = None,
     se_ratio: float = 1.0 / 16,
     pool_region: str = "image",
+    map_floor: Sequence[float] | None = None,
 ) -> LseUnet:
     """The paper's LSE U-Net over any timm ``encoder`` (arguments: see ``LseUnet``)."""
     return LseUnet(encoder, num_classes, in_chans, pretrained, lse_r, lse_mean, decoder_channels, se_ratio,
-                   pool_region)
+                   pool_region, map_floor)
 
 
 for _e in ENCODERS:
