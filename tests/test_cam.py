@@ -234,6 +234,38 @@ def test_lse_map_is_relu_of_pixel_logits_that_bound_the_slice_logit(lse_mean):
         assert lse.raw.max() > 0
 
 
+def test_map_floor_at_the_gate_gives_every_open_gate_a_map(tmp_path):
+    """``map_floor`` (``train.calibrate --map-floor gate``): raw = ReLU(pixel logits - floor). At floor 0 a gate
+    below p = 0.5 can open on a map that is zero everywhere; with each class's floor at its gate's logit, every slice
+    that passes the gate has a map (LSE never exceeds the largest pixel logit). The floor is rebuilt from
+    ``model_args`` and carried by the ONNX export."""
+    from ichdemo.onnx_model import OnnxModel, export_onnx
+
+    model = _model(LSE)
+    with torch.no_grad():
+        for level in model.levels:  # every pixel logit below 0, as for a trained model's rare subtypes
+            level.head.bias.fill_(-2.5)
+    x = _x(4, 96)
+    paper = lse_heatmaps(model, x)
+    assert paper.raw.max() == 0 and (paper.logits < 0).all()
+    gate = paper.logits[1:].min(dim=0).values - 0.01  # open for slices 1-3 of every class
+    model.set_map_floor(gate.tolist())
+    res = lse_heatmaps(model, x)
+    assert torch.allclose(res.raw, torch.relu(paper.pixel_logits - gate.view(1, -1, 1, 1)))
+    opened = res.logits > gate
+    assert opened[1:].all() and (res.raw.amax(dim=(-2, -1))[opened] > 0).all()
+    assert model.ich_cfg["model_args"]["map_floor"] == pytest.approx(gate.tolist())
+
+    rebuilt = create_model(model.ich_cfg["architecture"], **model.ich_cfg["model_args"]).eval()
+    rebuilt.load_state_dict(model.state_dict())  # the floor is not a weight: it comes from model_args
+    assert torch.equal(lse_heatmaps(rebuilt, x).raw, res.raw)
+    pytest.importorskip("onnxruntime")
+    got = OnnxModel(export_onnx(model, tmp_path / "m.onnx", 96)).run(x.numpy())
+    np.testing.assert_allclose(got["heatmap"], res.raw.numpy(), atol=1e-3)
+    model.set_map_floor(None)
+    assert torch.equal(lse_heatmaps(model, x).raw, paper.raw) and model.ich_cfg["model_args"]["map_floor"] is None
+
+
 def test_lse_heatmaps_fields(lse_model):
     x = _x(2, 128)
     res = lse_heatmaps(lse_model, x)

@@ -3,13 +3,15 @@
 The comparison table (gap baselines against the LSE-UNet, with and without HLoss) from run folders that
 ``train.train`` -> ``train.calibrate`` -> ``train.evaluate --json RUN/eval.json`` produced: every number comes from
 each folder's config.json and eval.json, so rerunning those commands (train/bundle_gpu.sh does all of them)
-reproduces the page.
+reproduces the page. The sections other tools write into the same page between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->`` (``train.evaluate_drafts``, ``train.finetune --simulate``) are kept, in their order, at its end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -126,6 +128,16 @@ def markdown(runs: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
+SECTION = re.compile(r"<!-- (\w+):begin -->.*?<!-- \1:end -->\n?", re.S)
+"""A section another tool owns (``train.evaluate_drafts.replace_section``)."""
+
+
+def kept_sections(path: Path) -> str:
+    """The marked sections of the page at ``path`` (none when it does not exist), joined as they stand."""
+    text = path.read_text() if path.is_file() else ""
+    return "\n".join(m.group(0).rstrip("\n") + "\n" for m in SECTION.finditer(text))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.results", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run folders, each with config.json and eval.json")
@@ -136,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m train.results " + " ".join(args.runs) + f" --md {args.md}"
     command += f" --notes {args.notes}" if args.notes else ""
     text = markdown(runs, command) + ("\n" + Path(args.notes).read_text() if args.notes else "")
-    write_text(Path(args.md), text)
+    kept = kept_sections(Path(args.md))
+    write_text(Path(args.md), text + ("\n" + kept if kept else ""))
     print(args.md)
     return 0
 

@@ -254,10 +254,7 @@ class LseUnet(nn.Module):
         if pool_region not in POOL_REGIONS:
             raise ModelError(f"pool_region={pool_region!r}; use one of {POOL_REGIONS}")
         self.pool_region = pool_region
-        floor = torch.zeros(num_classes) if map_floor is None else torch.as_tensor(map_floor, dtype=torch.float32)
-        if floor.shape != (num_classes,):
-            raise ModelError(f"map_floor needs {num_classes} values, got {list(floor.shape)}")
-        self.register_buffer("map_floor", floor.view(1, num_classes, 1, 1), persistent=False)
+        self.register_buffer("map_floor", torch.zeros(1, num_classes, 1, 1), persistent=False)
         source = weights_source(pretrained)
         self.encoder, self.feature_indices = _build_encoder(encoder, source == "timm", in_chans)
         self.load_report: LoadReport | None = None
@@ -279,15 +276,18 @@ class LseUnet(nn.Module):
             for k in range(len(LEVEL_STRIDES))
         )
         self.cam_layer = self.levels[0].head
-        self._describe(encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source, map_floor)
+        self._describe(encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source)
+        self.set_map_floor(map_floor)
 
     def set_map_floor(self, floor: Sequence[float] | None) -> None:
         """Set the heatmap's per-class floor (pixel logits; None: 0, the paper) and record it in ``model_args``."""
         values = torch.zeros(self.map_floor.numel()) if floor is None else torch.as_tensor(floor, dtype=torch.float32)
+        if values.shape != (self.map_floor.numel(),):
+            raise ModelError(f"map_floor needs {self.map_floor.numel()} values, got {list(values.shape)}")
         self.map_floor.copy_(values.view_as(self.map_floor))
-        self.ich_cfg["model_args"]["map_floor"] = None if floor is None else [float(v) for v in values]
+        self.ich_cfg["model_args"]["map_floor"] = None if floor is None else values.tolist()
 
-    def _describe(self, encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source, map_floor) -> None:
+    def _describe(self, encoder, num_classes, in_chans, widths, decoder_channels, se_ratio, source) -> None:
         pcfg = self.encoder.pretrained_cfg
         describe_model(
             self,
@@ -302,7 +302,6 @@ class LseUnet(nn.Module):
                 "decoder_channels": list(decoder_channels) if decoder_channels else None,
                 "se_ratio": se_ratio,
                 "pool_region": self.pool_region,
-                "map_floor": None if map_floor is None else [float(v) for v in map_floor],
             },
             mean=pcfg.get("mean", (0.485, 0.456, 0.406)),
             std=pcfg.get("std", (0.229, 0.224, 0.225)),

@@ -6,6 +6,7 @@ opens, or masks on the wrong grid all score near zero (measured values are in th
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,24 @@ def test_calibrate_evaluate_export(smoke_run, tmp_path, capsys):
     graph = onnx.load(str(onnx_path)).graph
     assert [o.name for o in graph.output] == ["logits", "heatmap"]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+@pytest.mark.slow
+def test_calibrate_map_floor_gate(smoke_run, tmp_path, capsys):
+    """--map-floor gate writes the logit of each class threshold as the heatmap floor, and the reloaded model has
+    it; a Grad-CAM model has no pixel logits to floor and gets a clear error."""
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    assert calibrate.main(["--model", str(run), "--data", "phantom:24", "--map-floor", "gate"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    c = np.clip(config["thresholds"]["class_thresholds"], 1e-6, 1 - 1e-6)
+    assert config["calibration"]["map_floor"] == "gate"
+    assert config["model_args"]["map_floor"] == pytest.approx(np.log(c / (1 - c)), abs=1e-4)
+    model, _ = load_pretrained(run)
+    assert model.map_floor.flatten().tolist() == pytest.approx(config["model_args"]["map_floor"])
+    gap = REPO / "checkpoints" / "gap_mobilenetv2"
+    assert calibrate.main(["--model", str(gap), "--data", "phantom:4", "--map-floor", "gate", "--dry-run"]) == 2
+    assert "needs an lse_unet" in capsys.readouterr().err
 
 
 def _check_onnx_on_phantom_lesions(run: Path, onnx_path: Path) -> None:
