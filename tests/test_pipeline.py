@@ -109,8 +109,9 @@ def test_the_same_ct_as_dicom_jpeg_and_hu_png_gives_the_same_drafts(tmp_path):
     default model's heatmaps and refined drafts match the DICOM run (every class gate open, to draft the most).
 
     512 px slices, a CT's matrix: the model's 256 px input then averages the JPEG's 8 x 8 block artefacts as it does
-    for real scans. On 256 px slices they reach the network unsmoothed, and the default's maps correlate 0.90-0.98
-    with the DICOM run's (the previous default's, pooled over the whole head: 0.975-0.996)."""
+    for real scans. On 256 px slices they reach the network unsmoothed: there the default's maps correlated 0.90-0.98
+    with the DICOM run's before its heatmap floor was set at the gate (the previous default's, pooled over the whole
+    head: 0.975-0.996)."""
     import cv2
 
     from ichdemo import hub
@@ -140,7 +141,7 @@ def test_the_same_ct_as_dicom_jpeg_and_hu_png_gives_the_same_drafts(tmp_path):
             assert vol.meta["input_window"]["name"] == ("ctich" if form == "jpg" else "hu")
             a = analyze(lm, vol)
             corr = np.corrcoef(ref.maps255.ravel().astype(np.float32), a.maps255.ravel().astype(np.float32))[0, 1]
-            assert corr >= 0.95, (seed, form, corr)  # measured 0.984-0.998
+            assert corr >= 0.95, (seed, form, corr)  # measured 0.993-0.9997 (default with its gate floor)
             draft = a.labels(t) > 0
             overlap[form] += [(draft & ref_draft).sum(), draft.sum(), ref_draft.sum()]
     for form, (both, mine, theirs) in overlap.items():
