@@ -47,6 +47,7 @@ class TrainConfig:
     steps_per_epoch: int = 0
     grad_clip: float = 0.0
     hloss: bool = True
+    any_weight: float = 0.0
     freeze_encoder: bool = False
     prior_init: float = 0.0
     pos_weight: bool = False
@@ -98,6 +99,8 @@ HELP: dict[str, str] = {
     "steps_per_epoch": "optimiser steps per epoch (0: one pass over the training slices)",
     "grad_clip": "clip the gradient norm to this value (0: no clipping)",
     "hloss": "lse_unet: add the hierarchical consistency loss HLoss (paper: yes)",
+    "any_weight": "lse_unet: weight of a BCE on an any-hemorrhage logit, logsumexp of the subtype logits (0: none, "
+    "the paper)",
     "freeze_encoder": "lse_unet: keep the encoder's weights (and BatchNorm statistics) fixed in the decoder stage",
     "prior_init": "initialise the class heads so every slice starts at this probability (RetinaNet-style prior, "
     "e.g. 0.1; 0: the model's own init)",

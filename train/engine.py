@@ -440,12 +440,14 @@ def validate(model: nn.Module, loader: DataLoader, rt: Runtime, cache: FeatureCa
 
 
 def make_loss(cfg: TrainConfig, family: str, pos_weight: np.ndarray | None, device: torch.device) -> nn.Module:
-    """The family's loss (HLoss switched by ``cfg.hloss``) with an optional BCE ``pos_weight``."""
+    """The family's loss (HLoss switched by ``cfg.hloss``, the any-hemorrhage term weighted by ``cfg.any_weight``) with
+    an optional BCE ``pos_weight``."""
     kw: dict[str, Any] = {}
     if pos_weight is not None:
         kw["pos_weight"] = torch.as_tensor(pos_weight, dtype=torch.float32)
     if family == "lse_unet":
         kw["hloss_weight"] = 1.0 if cfg.hloss else 0.0
+        kw["any_weight"] = cfg.any_weight
     return build_loss(family, **kw).to(device)
 
 

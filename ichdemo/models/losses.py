@@ -83,7 +83,12 @@ class HLoss(nn.Module):
 
 
 class LseUnetLoss(nn.Module):
-    """CLoss + hloss_weight * HLoss on an ``lse_unet`` ``Output``."""
+    """CLoss + hloss_weight * HLoss (+ any_weight * BCE of an any-hemorrhage logit) on an ``lse_unet`` ``Output``.
+
+    The any-hemorrhage logit (not in the paper) is ``logsumexp`` over the five subtypes' slice logits l_0, a soft
+    maximum: every slice labelled with any hemorrhage then asks for evidence in some subtype's map, which gives the
+    rare subtypes' slices a second, subtype-free signal of where blood is. No extra output: the network is unchanged.
+    """
 
     def __init__(
         self,
@@ -92,16 +97,19 @@ class LseUnetLoss(nn.Module):
         pool: str = "avg",
         hloss_weight: float = 1.0,
         pos_weight: torch.Tensor | None = None,
+        any_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if hloss_weight < 0:
-            raise ConfigError(f"hloss_weight={hloss_weight} must be >= 0")
+        if hloss_weight < 0 or any_weight < 0:
+            raise ConfigError(f"hloss_weight={hloss_weight} and any_weight={any_weight} must be >= 0")
+        self.any_weight = float(any_weight)
         self.closs = CLoss(alphas, pos_weight)
         self.hloss = HLoss(betas, pool)
         self.hloss_weight = float(hloss_weight)
 
     def terms(self, out: Output, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every term for logging: ``bce_l0..bce_l3``, ``mse_h0..mse_h2``, ``closs``, ``hloss``, ``loss``."""
+        """Every term for logging: ``bce_l0..bce_l3``, ``mse_h0..mse_h2``, ``closs``, ``hloss``, ``bce_any`` (with
+        ``any_weight``), ``loss``."""
         if out.maps is None or out.level_logits is None:
             raise ConfigError("LseUnetLoss needs an lse_unet Output (maps and level_logits)")
         bce = self.closs.terms(out.level_logits, target)
@@ -112,7 +120,12 @@ class LseUnetLoss(nn.Module):
             mse = self.hloss.terms(out.maps)
             terms.update({f"mse_h{k}": t for k, t in enumerate(mse)})
             hloss = sum(b * t for b, t in zip(self.hloss.betas, mse))
-        terms.update(closs=closs, hloss=hloss, loss=closs + self.hloss_weight * hloss)
+        loss = closs + self.hloss_weight * hloss
+        if self.any_weight > 0:
+            any_logit = torch.logsumexp(out.level_logits[0].float(), dim=1)
+            terms["bce_any"] = F.binary_cross_entropy_with_logits(any_logit, target.float().amax(dim=1))
+            loss = loss + self.any_weight * terms["bce_any"]
+        terms.update(closs=closs, hloss=hloss, loss=loss)
         return terms
 
     def forward(self, out: Output, target: torch.Tensor) -> torch.Tensor:

@@ -96,6 +96,23 @@ def test_lse_unet_loss_is_closs_plus_weighted_hloss():
         LseUnetLoss(hloss_weight=-1)
 
 
+def test_any_weight_adds_bce_of_the_soft_maximum_of_subtype_logits():
+    """any_weight: BCE(logsumexp_k l_0k, any hemorrhage), by hand: slice 1 labelled with one subtype, slice 2 none."""
+    maps = [torch.zeros(2, 2, 8 // 2**k, 8 // 2**k) for k in range(4)]
+    l0 = torch.tensor([[1.0, -2.0], [-1.0, -3.0]])
+    out = Output(logits=l0, maps=maps, level_logits=[l0] * 4)
+    y = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    base = LseUnetLoss()(out, y).item()
+    z = torch.log(torch.exp(l0).sum(dim=1))
+    by_hand = (-torch.log(torch.sigmoid(z[0])) - torch.log(1 - torch.sigmoid(z[1]))).item() / 2
+    terms = LseUnetLoss(any_weight=0.5).terms(out, y)
+    assert terms["bce_any"].item() == pytest.approx(by_hand, rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(base + 0.5 * by_hand, rel=1e-6)
+    assert "bce_any" not in LseUnetLoss().terms(out, y)
+    with pytest.raises(ConfigError):
+        LseUnetLoss(any_weight=-1)
+
+
 def test_hloss_weight_zero_sends_no_gradient_through_the_hierarchy_term():
     maps = [m.clone().requires_grad_(True) for m in _maps((2.0, 1.0, 3.0, 3.0))]
     level_logits = [torch.zeros(1, 1, requires_grad=True) for _ in range(4)]
