@@ -251,6 +251,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"prior_init must be in [0, 1), got {cfg.prior_init}")
     if cfg.stage1_epochs < 0 or cfg.steps_per_epoch < 0 or cfg.feature_cache_gb < 0:
         raise ConfigError("stage1_epochs, steps_per_epoch and feature_cache_gb must be >= 0")
+    if cfg.any_weight < 0 or (cfg.any_weight > 0 and cfg.model != "lse_unet"):
+        raise ConfigError(f"any_weight must be >= 0 and applies to model lse_unet only, got {cfg.any_weight} "
+                          f"for {cfg.model}")
     _validate_augment(cfg)
 
 

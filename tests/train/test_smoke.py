@@ -101,7 +101,7 @@ def test_calibrate_map_floor_gate(smoke_run, tmp_path, capsys):
     it; a Grad-CAM model has no pixel logits to floor and gets a clear error."""
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
-    assert calibrate.main(["--model", str(run), "--data", "phantom:24", "--map-floor", "gate"]) == 0
+    assert calibrate.main(["--model", str(run), "--data", "phantom:6:777", "--map-floor", "gate"]) == 0
     config = json.loads((run / "config.json").read_text())
     c = np.clip(config["thresholds"]["class_thresholds"], 1e-6, 1 - 1e-6)
     assert config["calibration"]["map_floor"] == "gate"

@@ -57,7 +57,8 @@ def test_class_missing_from_training_split_is_named(tmp_path, capsys):
     ("flag", "value", "message"),
     [("--model", "unet", "model must be lse_unet or gap"), ("--input_size", "100", "multiple of 32"),
      ("--data", "mri:/x", "bad data spec"), ("--optimizer", "lbfgs", "optimizer must be"),
-     ("--save-dtype", "fp8", "save_dtype must be fp32, fp16 or bf16")],
+     ("--save-dtype", "fp8", "save_dtype must be fp32, fp16 or bf16"),
+     ("--any-weight", "-1", "any_weight must be >= 0")],
 )
 def test_bad_options(tmp_path, capsys, flag, value, message):
     code, err = _run(capsys, flag, value, "--out", str(tmp_path / "run"))
