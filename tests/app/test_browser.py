@@ -210,9 +210,12 @@ def _wait_text(page, selector: str, text: str, timeout_s: float = 120) -> None:
 
 
 def _open_corrections(page) -> None:
-    """Open the corrections accordion (closed at first: visitors see the heatmaps right under the draft)."""
+    """Open the corrections accordion (closed at first: visitors see the heatmaps right under the draft). Opening it
+    sends the draft picture to the editor with its strokes cleared, a server round trip (quiet: no progress shown);
+    a stroke drawn before it returns is wiped, which on a machine busy with the suite's trainings took seconds."""
     if not page.locator("#edit-apply").is_visible():
         page.locator("#corrections > button, #corrections .label-wrap").first.click()
+        page.wait_for_timeout(3000)
     page.wait_for_selector("#edit-apply", state="visible")
 
 
