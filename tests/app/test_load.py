@@ -326,8 +326,13 @@ def test_eight_sessions_stay_apart_and_clean_up(server, tmp_path):
     wait_for(emptied, age + 3 * frequency + 60, "Gradio's cache was not emptied", server)  # slack: busy CI machines
 
     # after the server stops: nothing of it left in its temp folder; its log has no traceback and no header value
+    # (2 s alone; in three full-suite runs of 2026-12-07, beside the weak-supervision trainings, over 60 s: cause not
+    # yet found, so the limit is wide and a timeout says what the server last wrote)
     server.proc.send_signal(signal.SIGINT)
-    server.proc.wait(60)
+    try:
+        server.proc.wait(180)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"app.py did not stop within 180 s of SIGINT\nserver log:\n{server.log_tail()}")
     assert not list(server.tmp.glob("ichdemo-*")), [p.name for p in server.tmp.iterdir()]
     assert server.cached_names() == examples
     text = server.log.read_text(errors="replace")
